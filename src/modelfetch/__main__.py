@@ -1,0 +1,5 @@
+"""`python -m modelfetch`: the command-line interface."""
+
+from .cli import main
+
+main()

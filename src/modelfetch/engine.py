@@ -1,0 +1,601 @@
+"""The fallback chain: layer order, retries, single-flight downloads, events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .catalog import ModelSpec
+from .config import Settings, load_settings
+from .errors import (
+    AllSourcesFailed,
+    Attempt,
+    ConnectFailed,
+    ModelfetchError,
+    SourceError,
+    StorageError,
+    VerificationError,
+    error_type,
+)
+from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent
+from .hashes import Digests, Identity, Verified
+from .sources.base import FileRequest, Origin, Source
+from .sources.huggingface import HuggingFaceSource
+from .sources.ipfs import IPFSGatewaySource
+from .store import Partial, Store, stream_checks
+from .transfer import PartialWriter, receive, rehash_prefix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """A file that is in place and verified, and where its bytes came from."""
+
+    path: str
+    local_path: Path
+    size: int
+    sha256: str
+    source: Layer
+    gateway: str | None
+    bytes_downloaded: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "source": self.source,
+            "gateway": self.gateway,
+            "bytes_downloaded": self.bytes_downloaded,
+        }
+
+
+@dataclass
+class ModelResult:
+    """The outcome of pulling one model: files in place, and errors for the rest."""
+
+    name: str
+    dir: Path
+    files: list[FileResult] = field(default_factory=list)
+    errors: list[ModelfetchError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class _Meter:
+    """Turns byte counts into throttled progress events with a speed."""
+
+    def __init__(self, emit: Any, base: ProgressEvent) -> None:
+        self._emit = emit
+        self.base = base
+        self.bytes = base.bytes_downloaded
+        self._t = time.monotonic()
+        self._b = self.bytes
+        self.speed = 0.0
+
+    def update(self, total: int) -> None:
+        self.bytes = total
+        self.tick()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._t >= 0.2:
+            rate = (self.bytes - self._b) / (now - self._t)
+            self.speed = rate if self.speed == 0 else 0.5 * self.speed + 0.5 * rate
+            self._t, self._b = now, self.bytes
+        self._emit(
+            ProgressEvent(
+                **{
+                    **self.base.__dict__,
+                    "status": "downloading",
+                    "bytes_downloaded": self.bytes,
+                    "speed": self.speed,
+                    "timestamp": int(time.time() * 1000),
+                }
+            )
+        )
+
+
+class _Receiving:
+    """A file's partial data and its running digests, carried across tries and sources."""
+
+    def __init__(self, partial: Partial, identity: Identity, name: str, path: str) -> None:
+        self.partial = partial
+        self.identity = identity
+        self._name = name
+        self._path = path
+        self.digests = self._fresh()
+        self.offset = 0
+
+    def _fresh(self) -> Digests:
+        return Digests(self.identity, stream_checks(self._path), name=self._name)
+
+    async def resume_or_begin(self) -> None:
+        kept = self.partial.resumable_bytes(self.identity)
+        if kept:
+            self.offset = await rehash_prefix(self.partial.data, self.digests, kept)
+            log.info("%s: resuming after %d kept bytes", self._name, self.offset)
+        else:
+            self.partial.begin(self.identity)
+
+    def restart(self) -> None:
+        self.digests = self._fresh()
+        self.offset = 0
+
+
+class Fetcher:
+    """Gets model files into the models dir from the first layer that delivers verified bytes.
+
+    Use as an async context manager (it owns an HTTP session), or call `aclose()`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        listeners: Iterable[Listener] = (),
+        sources: Sequence[Source] | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.store = Store(self.settings.models_dir)
+        self._listeners: list[Listener] = list(listeners)
+        known = (
+            sources
+            if sources is not None
+            else (
+                IPFSGatewaySource(self.settings.ipfs),
+                HuggingFaceSource(self.settings.huggingface),
+            )
+        )
+        self._sources: dict[str, Source] = {s.layer: s for s in known}
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight: dict[Path, asyncio.Task[FileResult]] = {}
+        self._slots = asyncio.Semaphore(self.settings.concurrency)
+
+    async def __aenter__(self) -> Fetcher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _emit(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken listener must never break a download
+                log.exception("progress listener failed")
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=32),
+                read_bufsize=1 << 20,
+                trust_env=True,
+            )
+        return self._session
+
+    # -- models --------------------------------------------------------------------------
+
+    async def pull(self, names: Sequence[str]) -> list[ModelResult]:
+        """Pull each model; unknown names raise UnknownModel before any transfer."""
+        specs = [self.settings.model(n) for n in names]
+        return [await self.pull_model(spec) for spec in specs]
+
+    async def pull_model(self, model: ModelSpec | str) -> ModelResult:
+        spec = self.settings.model(model) if isinstance(model, str) else model
+        result = ModelResult(spec.name, self.settings.models_dir / spec.dir)
+        done = [0]
+
+        async def one(path: str) -> FileResult:
+            async with self._slots:
+                got = await self.fetch_file(spec, path, done=done)
+            done[0] += 1
+            return got
+
+        outcomes = await asyncio.gather(*(one(p) for p in spec.files), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, FileResult):
+                result.files.append(outcome)
+            elif isinstance(outcome, ModelfetchError):
+                result.errors.append(outcome)
+            else:
+                raise outcome
+        self._emit(
+            ProgressEvent(
+                spec.name,
+                "",
+                "cache",
+                "completed" if result.ok else "error",
+                completed_files=len(result.files),
+                total_files=len(spec.files),
+                error=None if result.ok else f"{len(result.errors)} file(s) failed",
+            )
+        )
+        return result
+
+    # -- one file ------------------------------------------------------------------------
+
+    async def fetch_file(
+        self, model: ModelSpec, path: str, *, done: list[int] | None = None
+    ) -> FileResult:
+        """Get one file; concurrent requests for the same file share one download."""
+        final = self.store.final_path(model, path)
+        task = self._inflight.get(final)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_once(model, path, done or [0]))
+            self._inflight[final] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(final, None))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.settings.wait_timeout)
+        except TimeoutError:
+            raise StorageError(
+                f"{model.name}: {path}: gave up waiting {self.settings.wait_timeout:g} s "
+                "for the download already in progress"
+            ) from None
+
+    async def _fetch_once(self, model: ModelSpec, path: str, done: list[int]) -> FileResult:
+        request = FileRequest(model, path)
+        attempts: list[Attempt] = []
+        identity = await self._settle_identity(request, attempts)
+        unverifiable = False
+        for layer in self.settings.order:
+            if layer == "cache":
+                hit = await self._from_cache(request, identity, attempts)
+                if hit is not None:
+                    return hit
+                continue
+            source = self._sources.get(layer)
+            if source is None or not source.origins(request):
+                continue
+            if not identity.verifiable:
+                unverifiable = True
+                continue
+            got = await self._locked_download(request, source, identity, attempts, done)
+            if got is not None:
+                return got
+        self._emit(
+            AttemptEvent(
+                model.name,
+                path,
+                None,
+                "exhausted",
+                error_type="AllSourcesFailed",
+                error_message=f"{len(attempts)} attempt(s) failed",
+            )
+        )
+        if unverifiable:
+            attempts.append(Attempt("verify", None, "Unverifiable", _unverifiable_hint()))
+        raise AllSourcesFailed(model.name, path, attempts)
+
+    async def _settle_identity(self, request: FileRequest, attempts: list[Attempt]) -> Identity:
+        """The file's expected identity: manifest first, then each source's metadata."""
+        entry = await asyncio.to_thread(self.store.manifest.entry, request.model.name, request.path)
+        identity = Identity(entry.size, entry.sha256, evidence="manifest") if entry else Identity()
+        if identity.sha256:
+            return identity
+        for layer in self.settings.order:
+            source = self._sources.get(layer)
+            if source is None or not source.origins(request):
+                continue
+            try:
+                found = await source.identity(self._http(), request)
+            except (SourceError, VerificationError) as exc:
+                origin = source.origins(request)[0].base_url
+                self._attempt_failed(request, layer, origin, exc, attempts, 0.0, 0)
+                continue
+            if found is not None:
+                identity = identity.merged(found) if identity.evidence != "none" else found
+                if identity.verifiable:
+                    return identity
+        return identity
+
+    async def _from_cache(
+        self, request: FileRequest, identity: Identity, attempts: list[Attempt]
+    ) -> FileResult | None:
+        model, path = request.model, request.path
+        started = time.monotonic()
+        if not identity.verifiable:
+            final = self.store.final_path(model, path)
+            if final.is_file():
+                attempts.append(Attempt("cache", None, "Unverifiable", "present but unverifiable"))
+            return None
+        found = await self.store.lookup(model, path, identity)
+        latency = (time.monotonic() - started) * 1000
+        if found.status == "hit" and found.verified is not None:
+            self._emit(AttemptEvent(model.name, path, "cache", "hit", latency_ms=latency))
+            self._emit(
+                ProgressEvent(
+                    model.name,
+                    path,
+                    "cache",
+                    "success",
+                    bytes_downloaded=found.verified.size,
+                    total_bytes=found.verified.size,
+                )
+            )
+            return FileResult(
+                path, found.path, found.verified.size, found.verified.sha256, "cache", None, 0
+            )
+        kind = "CacheMiss" if found.status == "missing" else "HashMismatch"
+        message = found.reason or "not in the models dir"
+        self._emit(
+            AttemptEvent(
+                model.name,
+                path,
+                "cache",
+                "error",
+                latency_ms=latency,
+                error_type=kind,
+                error_message=message,
+            )
+        )
+        if found.status == "corrupt":
+            attempts.append(Attempt("cache", None, kind, f"{message} (moved to .bak)"))
+        return None
+
+    async def _locked_download(
+        self,
+        request: FileRequest,
+        source: Source,
+        identity: Identity,
+        attempts: list[Attempt],
+        done: list[int],
+    ) -> FileResult | None:
+        """Download under the file's cross-process lock; another process may finish first."""
+        lock = self.store.file_lock(request.model, request.path)
+        await self.store.acquire(lock, self.settings.wait_timeout)
+        try:
+            if "cache" in self.settings.order:
+                found = await self.store.lookup(request.model, request.path, identity)
+                if found.status == "hit" and found.verified is not None:
+                    return FileResult(
+                        request.path,
+                        found.path,
+                        found.verified.size,
+                        found.verified.sha256,
+                        "cache",
+                        None,
+                        0,
+                    )
+            return await self._download(request, source, identity, attempts, done)
+        finally:
+            await asyncio.to_thread(lock.release)
+
+    async def _download(
+        self,
+        request: FileRequest,
+        source: Source,
+        identity: Identity,
+        attempts: list[Attempt],
+        done: list[int],
+    ) -> FileResult | None:
+        model, path = request.model, request.path
+        receiving = _Receiving(
+            self.store.partial(model, path), identity, f"{model.name}/{path}", path
+        )
+        await receiving.resume_or_begin()
+        for origin in source.origins(request):
+            for attempt in range(origin.tries):
+                base = ProgressEvent(
+                    model.name,
+                    path,
+                    origin.layer,
+                    "attempting",
+                    gateway=origin.base_url,
+                    bytes_downloaded=receiving.offset,
+                    total_bytes=identity.size,
+                    retry_count=attempt,
+                    completed_files=done[0],
+                    total_files=len(model.files),
+                )
+                self._emit(base)
+                started = time.monotonic()
+                fetched = [0]
+                try:
+                    verified = await self._try_origin(origin, receiving, base, fetched)
+                except SourceError as exc:
+                    self._attempt_failed(
+                        request,
+                        origin.layer,
+                        origin.base_url,
+                        exc,
+                        attempts,
+                        started,
+                        fetched[0],
+                        base,
+                    )
+                    if not exc.retryable or attempt + 1 == origin.tries:
+                        break
+                    await asyncio.sleep(origin.delay(attempt, exc))
+                    continue
+                except VerificationError as exc:
+                    receiving.partial.discard()
+                    receiving.restart()
+                    receiving.partial.begin(identity)
+                    self._attempt_failed(
+                        request,
+                        origin.layer,
+                        origin.base_url,
+                        exc,
+                        attempts,
+                        started,
+                        fetched[0],
+                        base,
+                    )
+                    break  # this origin sent wrong bytes: try the next one
+                except StorageError as exc:
+                    receiving.partial.discard()
+                    self._attempt_failed(
+                        request,
+                        origin.layer,
+                        origin.base_url,
+                        exc,
+                        attempts,
+                        started,
+                        fetched[0],
+                        base,
+                    )
+                    raise
+                final = await asyncio.to_thread(
+                    self.store.install, model, path, receiving.partial, verified
+                )
+                latency = (time.monotonic() - started) * 1000
+                self._emit(
+                    AttemptEvent(
+                        model.name,
+                        path,
+                        origin.layer,
+                        "success",
+                        gateway=origin.base_url,
+                        latency_ms=latency,
+                        bytes_downloaded=fetched[0],
+                    )
+                )
+                self._emit(
+                    ProgressEvent(
+                        **{
+                            **base.__dict__,
+                            "status": "success",
+                            "bytes_downloaded": verified.size,
+                            "total_bytes": verified.size,
+                            "completed_files": done[0] + 1,
+                            "timestamp": int(time.time() * 1000),
+                        }
+                    )
+                )
+                return FileResult(
+                    path,
+                    final,
+                    verified.size,
+                    verified.sha256,
+                    origin.layer,
+                    origin.base_url,
+                    fetched[0],
+                )
+        return None
+
+    async def _try_origin(
+        self, origin: Origin, receiving: _Receiving, base: ProgressEvent, fetched: list[int]
+    ) -> Verified:
+        stream = await origin.open(self._http(), receiving.offset)
+        if stream.offset != receiving.offset:
+            log.info("%s ignored the Range request: starting over", origin.base_url)
+            receiving.restart()
+        start = stream.offset
+        writer = PartialWriter(receiving.partial.data, receiving.digests, start=start)
+        meter = _Meter(self._emit, base)
+        ticker = asyncio.ensure_future(_tick_every_second(meter))
+        expected = receiving.identity.size
+
+        def progress(total: int) -> None:
+            fetched[0] = total - start
+            meter.update(total)
+
+        try:
+            await receive(stream, writer, expected_size=expected, progress=progress)
+            if expected is not None and writer.written < expected:
+                raise ConnectFailed(
+                    f"{stream.url} ended the body after {writer.written:,} of {expected:,} bytes"
+                )
+            verified = receiving.digests.verify()
+            await asyncio.to_thread(writer.sync_and_close)
+            return verified
+        finally:
+            ticker.cancel()
+            receiving.offset = writer.written
+            writer.close()
+
+    def _attempt_failed(
+        self,
+        request: FileRequest,
+        layer: Layer,
+        origin: str | None,
+        exc: ModelfetchError,
+        attempts: list[Attempt],
+        started: float,
+        fetched: int,
+        base: ProgressEvent | None = None,
+    ) -> None:
+        kind, message = error_type(exc), str(exc)
+        attempts.append(Attempt(layer, origin, kind, message))
+        latency = (time.monotonic() - started) * 1000 if started else None
+        self._emit(
+            AttemptEvent(
+                request.model.name,
+                request.path,
+                layer,
+                "error",
+                gateway=origin,
+                latency_ms=latency,
+                bytes_downloaded=fetched,
+                error_type=kind,
+                error_message=message,
+            )
+        )
+        if base is not None:
+            self._emit(
+                ProgressEvent(
+                    **{
+                        **base.__dict__,
+                        "status": "error",
+                        "error": message,
+                        "timestamp": int(time.time() * 1000),
+                    }
+                )
+            )
+        log.info(
+            "%s/%s: %s %s: %s: %s",
+            request.model.name,
+            request.path,
+            layer,
+            origin or "",
+            kind,
+            message,
+        )
+
+
+async def _tick_every_second(meter: _Meter) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        meter.tick()
+
+
+def _unverifiable_hint() -> str:
+    return (
+        "the file cannot be verified: no manifest entry and no hash from any source; "
+        "add it with `modelfetch manifest generate`, give the model an IPFS CID, or a "
+        "Hugging Face source"
+    )
+
+
+@contextlib.asynccontextmanager
+async def fetcher(settings: Settings | None = None, **kwargs: Any) -> AsyncIterator[Fetcher]:
+    """`async with fetcher() as f:` — a Fetcher closed on exit."""
+    f = Fetcher(settings, **kwargs)
+    try:
+        yield f
+    finally:
+        await f.aclose()

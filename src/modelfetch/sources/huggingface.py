@@ -1,0 +1,174 @@
+"""The Hugging Face hub as a source: resolve URLs, HEAD metadata, typed errors, backoff."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import aiohttp
+
+from ..config import HuggingFaceSettings
+from ..errors import SourceError, Unverifiable
+from ..events import Layer
+from ..hashes import Identity, is_sha256
+from .base import ByteStream, FileRequest
+from .http import backoff_delay, open_range, request, sleep_for_retry
+
+_HINTS = {
+    "GatedRepo": "the repository is gated: accept its terms on the hub and set HF_TOKEN",
+    "RepoNotFound": "repository not found (or private: set HF_TOKEN)",
+    "RevisionNotFound": "revision not found",
+    "EntryNotFound": "file not found in the repository",
+    "DisabledRepo": "the repository has been disabled",
+}
+
+
+def describe_hub_error(resp: aiohttp.ClientResponse) -> str:
+    """The hub's typed error (X-Error-Code) as a sentence naming the URL and what to do."""
+    code = resp.headers.get("X-Error-Code", "")
+    message = resp.headers.get("X-Error-Message", "")
+    hint = _HINTS.get(code)
+    if hint is None:
+        if resp.status == 401:
+            hint = "authentication required: set HF_TOKEN (or the repository does not exist)"
+        elif resp.status == 403:
+            hint = "access denied: the token lacks access to this repository"
+        elif resp.status == 404:
+            hint = "not found"
+        elif resp.status == 429:
+            hint = "rate limited by the hub"
+        else:
+            hint = resp.reason or "error"
+    detail = f" ({message})" if message else ""
+    return f"HTTP {resp.status}: {hint}{detail}: {resp.url}"
+
+
+@dataclass
+class HuggingFaceOrigin:
+    """One file on the hub; retried with doubling waits, honouring Retry-After."""
+
+    settings: HuggingFaceSettings
+    url: str
+    headers: dict[str, str]
+    layer: Layer = "huggingface"
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.endpoint
+
+    @property
+    def tries(self) -> int:
+        return self.settings.retries
+
+    async def open(self, session: aiohttp.ClientSession, offset: int) -> ByteStream:
+        return await open_range(
+            session,
+            self.url,
+            offset,
+            headers=self.headers,
+            connect_timeout=self.settings.connect_timeout,
+            stall_timeout=self.settings.timeout,
+            describe=describe_hub_error,
+        )
+
+    def delay(self, attempt: int, error: SourceError) -> float:
+        return backoff_delay(
+            attempt, error, base=self.settings.backoff, cap=self.settings.max_backoff
+        )
+
+
+class HuggingFaceSource:
+    """Files of models and datasets on a Hugging Face-compatible hub (HF_ENDPOINT)."""
+
+    layer: Layer = "huggingface"
+
+    def __init__(self, settings: HuggingFaceSettings) -> None:
+        self.settings = settings
+
+    def url(self, request: FileRequest) -> str | None:
+        ref = request.model.huggingface
+        if ref is None:
+            return None
+        prefix = "datasets/" if ref.type == "dataset" else ""
+        path = quote(ref.repo_path(request.path))
+        revision = quote(ref.revision, safe="")
+        return f"{self.settings.endpoint}/{prefix}{ref.repo}/resolve/{revision}/{path}"
+
+    def _headers(self) -> dict[str, str]:
+        token = self.settings.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def origins(self, request: FileRequest) -> list[HuggingFaceOrigin]:
+        url = self.url(request)
+        if url is None:
+            return []
+        return [HuggingFaceOrigin(self.settings, url, self._headers())]
+
+    async def identity(
+        self, session: aiohttp.ClientSession, request: FileRequest
+    ) -> Identity | None:
+        """Size and hash from a HEAD of the resolve URL (retried like a download)."""
+        origin = next(iter(self.origins(request)), None)
+        if origin is None:
+            return None
+        last: SourceError | None = None
+        for attempt in range(origin.tries):
+            try:
+                return await self._head(session, origin)
+            except SourceError as exc:
+                last = exc
+                if not exc.retryable or attempt + 1 == origin.tries:
+                    raise
+                await sleep_for_retry(origin.delay(attempt, exc))
+        raise last or SourceError("no try was made")
+
+    async def _head(self, session: aiohttp.ClientSession, origin: HuggingFaceOrigin) -> Identity:
+        # Redirects are followed only while they stay on the hub (renamed repos); the LFS
+        # redirect to the CDN carries the X-Linked-* headers we came for, so stop there.
+        def same_host_redirect(resp: aiohttp.ClientResponse) -> bool:
+            return "X-Linked-Etag" not in resp.headers and resp.headers.get(
+                "Location", ""
+            ).startswith("/")
+
+        resp = await request(
+            session,
+            "HEAD",
+            origin.url,
+            headers={**origin.headers, "Accept-Encoding": "identity"},
+            connect_timeout=self.settings.connect_timeout,
+            stall_timeout=self.settings.timeout,
+            follow=same_host_redirect,
+            describe=describe_hub_error,
+        )
+        try:
+            return _identity_from_headers(resp)
+        finally:
+            resp.release()
+
+
+def _identity_from_headers(resp: aiohttp.ClientResponse) -> Identity:
+    h = resp.headers
+    linked = _unquote_etag(h.get("X-Linked-Etag"))
+    etag = _unquote_etag(h.get("ETag"))
+    size_text = h.get("X-Linked-Size") or (h.get("Content-Length") if resp.status == 200 else None)
+    size = int(size_text) if size_text and size_text.isdigit() else None
+    if linked and is_sha256(linked):
+        return Identity(size=size, sha256=linked, evidence="huggingface")
+    if etag and len(etag) == 40 and all(c in "0123456789abcdef" for c in etag):
+        return Identity(size=size, git_sha1=etag, evidence="huggingface")
+    if etag and is_sha256(etag):
+        return Identity(size=size, sha256=etag, evidence="huggingface")
+    raise Unverifiable(
+        f"the hub gave no usable hash for {resp.url} (ETag {json.dumps(etag)}): "
+        "cannot verify the file; add it to the manifest"
+    )
+
+
+def _unquote_etag(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"').lower()

@@ -1,0 +1,265 @@
+"""The models directory: cache checks, verified stamps, partial files, atomic installs, locks."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from filelock import FileLock, Timeout
+
+from .catalog import ModelSpec, check_relpath
+from .errors import (
+    DiskFull,
+    LockUnavailable,
+    ReadOnly,
+    StorageError,
+    VerificationError,
+)
+from .hashes import Digests, Identity, Verified, feed_file, file_signature
+from .manifest import MANIFEST_NAME, FileEntry, Manifest, write_json_atomic
+from .onnxcheck import OnnxStreamCheck
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".modelfetch"
+
+
+def storage_error(exc: OSError, path: Path, *, needed: int | None = None) -> StorageError:
+    """Translate an OSError about `path` into DiskFull / ReadOnly / StorageError."""
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        more = f"; about {needed:,} more bytes are needed" if needed else ""
+        return DiskFull(f"no space left on the device holding {path}{more}: free some space")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ReadOnly(
+            f"{path} is not writable ({exc.strerror}): check the models dir permissions"
+        )
+    return StorageError(f"{path}: {exc.strerror or exc}")
+
+
+def stream_checks(path: str) -> list[OnnxStreamCheck]:
+    """Structural checks that apply to a file by its name (ONNX models get one)."""
+    return [OnnxStreamCheck()] if path.endswith(".onnx") else []
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the cache layer found for a file."""
+
+    status: Literal["hit", "missing", "corrupt"]
+    path: Path
+    verified: Verified | None = None
+    reason: str | None = None
+
+
+class Partial:
+    """A file being received: `<key>.part` plus a state file naming what it must become."""
+
+    def __init__(self, data: Path, state: Path, final_rel: str) -> None:
+        self.data = data
+        self.state = state
+        self.final_rel = final_rel
+
+    def _state_for(self, identity: Identity) -> dict[str, object]:
+        return {
+            "file": self.final_rel,
+            "size": identity.size,
+            "sha256": identity.sha256,
+            "git_sha1": identity.git_sha1,
+        }
+
+    def resumable_bytes(self, identity: Identity) -> int:
+        """Bytes kept from an earlier try for this identity; a stale partial is discarded."""
+        try:
+            saved = json.loads(self.state.read_text())
+            size = self.data.stat().st_size
+        except (OSError, ValueError):
+            self.discard()
+            return 0
+        if saved != self._state_for(identity) or (
+            identity.size is not None and size > identity.size
+        ):
+            log.info("discarding a partial download of %s kept for other content", self.final_rel)
+            self.discard()
+            return 0
+        return size
+
+    def begin(self, identity: Identity) -> None:
+        """Record what this partial is for, before its first byte is written."""
+        try:
+            self.data.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.state, self._state_for(identity))
+        except OSError as exc:
+            raise storage_error(exc, self.state) from None
+
+    def discard(self) -> None:
+        for p in (self.data, self.state):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove %s: %s", p, exc.strerror)
+
+
+class Store:
+    """A models directory. Knows files and hashes, nothing of the network."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state_dir = root / STATE_DIR
+        self.manifest = Manifest(root / MANIFEST_NAME, self.state_dir / "locks" / "manifest.lock")
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def final_path(self, model: ModelSpec, path: str) -> Path:
+        return self.root / check_relpath(model.dir) / check_relpath(path)
+
+    def _key(self, model: ModelSpec, path: str) -> str:
+        rel = f"{model.dir}/{path}"
+        return hashlib.sha256(rel.encode()).hexdigest()[:32]
+
+    def partial(self, model: ModelSpec, path: str) -> Partial:
+        key = self._key(model, path)
+        base = self.state_dir / "partial"
+        return Partial(base / f"{key}.part", base / f"{key}.json", f"{model.dir}/{path}")
+
+    def file_lock(self, model: ModelSpec, path: str) -> FileLock:
+        """A cross-process lock for one file (flock: released when its holder dies)."""
+        lock_dir = self.state_dir / "locks"
+        try:
+            lock_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, lock_dir) from None
+        return FileLock(str(lock_dir / f"{self._key(model, path)}.lock"))
+
+    async def acquire(self, lock: FileLock, timeout: float) -> None:
+        """Take `lock` without blocking the event loop."""
+        try:
+            await asyncio.to_thread(lock.acquire, timeout=timeout, poll_interval=0.05)
+        except Timeout:
+            raise LockUnavailable(
+                f"another process has held {lock.lock_file} for over {timeout:.0f} s"
+            ) from None
+        except OSError as exc:
+            raise LockUnavailable(
+                f"file locks do not work in {self.state_dir} ({exc.strerror}); refusing to "
+                "download without one (a network filesystem?): use a local --dir"
+            ) from None
+
+    # -- cache ---------------------------------------------------------------------------
+
+    def _stamp_path(self, model: ModelSpec, path: str) -> Path:
+        return self.state_dir / "stamps" / f"{self._key(model, path)}.json"
+
+    def _read_stamp(self, model: ModelSpec, path: str, final: Path) -> Verified | None:
+        try:
+            stamp = json.loads(self._stamp_path(model, path).read_text())
+            if tuple(stamp["signature"]) == file_signature(final):
+                return Verified(size=int(stamp["size"]), sha256=str(stamp["sha256"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def _write_stamp(self, model: ModelSpec, path: str, final: Path, verified: Verified) -> None:
+        stamp_path = self._stamp_path(model, path)
+        try:
+            stamp_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(
+                stamp_path,
+                {
+                    "signature": list(file_signature(final)),
+                    "size": verified.size,
+                    "sha256": verified.sha256,
+                },
+            )
+        except OSError as exc:  # a stamp only saves time later: never fail for it
+            log.warning("could not write verified stamp %s: %s", stamp_path, exc.strerror)
+
+    async def lookup(
+        self,
+        model: ModelSpec,
+        path: str,
+        identity: Identity,
+        *,
+        deep: bool = False,
+        move_corrupt: bool = True,
+    ) -> Lookup:
+        """Is a verified copy at the final path? A corrupt one is moved to `<file>.bak`."""
+        final = self.final_path(model, path)
+        if not final.is_file():
+            return Lookup("missing", final)
+        stamp = None if deep else self._read_stamp(model, path, final)
+        if stamp is not None and _stamp_matches(stamp, identity):
+            return Lookup("hit", final, stamp)
+        try:
+            verified = await asyncio.to_thread(_rehash, final, identity, path)
+        except VerificationError as exc:
+            if move_corrupt:
+                await asyncio.to_thread(self._move_aside, final)
+            return Lookup("corrupt", final, reason=str(exc))
+        except OSError as exc:
+            raise storage_error(exc, final) from None
+        self._write_stamp(model, path, final, verified)
+        return Lookup("hit", final, verified)
+
+    def _move_aside(self, final: Path) -> None:
+        backup = final.with_name(final.name + ".bak")
+        try:
+            os.replace(final, backup)
+        except OSError as exc:
+            raise storage_error(exc, final) from None
+        log.warning("%s failed verification: moved to %s", final, backup)
+
+    # -- install -------------------------------------------------------------------------
+
+    def install(self, model: ModelSpec, path: str, partial: Partial, verified: Verified) -> Path:
+        """Move a verified partial to its final path atomically (blocking: call in a thread)."""
+        final = self.final_path(model, path)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial.data, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise storage_error(exc, final) from None
+        partial.discard()
+        self._write_stamp(model, path, final, verified)
+        backup = final.with_name(final.name + ".bak")
+        backup.unlink(missing_ok=True)
+        self.manifest.record_files(model.name, {path: FileEntry(verified.size, verified.sha256)})
+        return final
+
+
+def _stamp_matches(stamp: Verified, identity: Identity) -> bool:
+    if identity.sha256:
+        return stamp.sha256 == identity.sha256 and identity.size in (None, stamp.size)
+    return False  # only a git SHA-1 or a CID is expected: rehash to check it
+
+
+def _rehash(final: Path, identity: Identity, path: str) -> Verified:
+    if identity.size is not None and final.stat().st_size != identity.size:
+        digests = Digests(identity, name=str(final))
+        digests.size = final.stat().st_size
+        return digests.verify()  # raises SizeMismatch without reading the file
+    digests = Digests(identity, stream_checks(path), name=str(final))
+    feed_file(final, digests.update)
+    return digests.verify()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,128 @@
+"""Streaming a byte stream into a partial file, hashing on the way, in one pass."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import SizeMismatch
+from .hashes import Digests, feed_file
+from .sources.base import ByteStream
+from .store import storage_error
+
+BATCH_BYTES = 4 << 20  # hand the writer thread this much at a time
+SYNC_EVERY = 64 << 20  # flush dirty pages as we go, so the final fsync is short
+
+Progress = Callable[[int], None]  # called with the file's byte count so far
+
+
+class PartialWriter:
+    """Appends to a partial file from a worker thread, hashing each batch before writing it.
+
+    At most one batch is in flight, so the network read of the next batch overlaps the hash
+    and write of the previous one, and the event loop never waits on the disk.
+    """
+
+    def __init__(self, path: Path, digests: Digests, *, start: int) -> None:
+        self.path = path
+        self.digests = digests
+        self.written = start
+        self._unsynced = 0
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.ftruncate(self._fd, start)
+            os.lseek(self._fd, start, os.SEEK_SET)
+        except OSError as exc:
+            raise storage_error(exc, path) from None
+        self._pending: asyncio.Future[None] | None = None
+
+    async def write(self, chunks: list[bytes]) -> None:
+        await self.drain()
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(None, self._write_batch, chunks)
+
+    async def drain(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    def _write_batch(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.digests.update(chunk)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            size = sum(len(c) for c in chunks)
+            self.written += size
+            self._unsynced += size
+            if self._unsynced >= SYNC_EVERY:
+                os.fdatasync(self._fd)
+                self._unsynced = 0
+        except OSError as exc:
+            raise storage_error(exc, self.path) from None
+
+    def sync_and_close(self) -> None:
+        """Make the data durable before it is renamed into place (blocking)."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise storage_error(exc, self.path) from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+async def rehash_prefix(path: Path, digests: Digests, length: int) -> int:
+    """Feed the first `length` bytes kept from an earlier try into `digests` (resume)."""
+    return await asyncio.to_thread(feed_file, path, digests.update, limit=length)
+
+
+async def receive(
+    stream: ByteStream,
+    writer: PartialWriter,
+    *,
+    expected_size: int | None,
+    progress: Progress,
+    progress_interval: float = 0.25,
+) -> None:
+    """Copy `stream` to `writer`; stop at once if the origin sends more than expected."""
+    batch: list[bytes] = []
+    batch_bytes = 0
+    received = writer.written
+    last_report = 0.0
+    try:
+        async for chunk in stream.chunks():
+            received += len(chunk)
+            if expected_size is not None and received > expected_size:
+                raise SizeMismatch(
+                    f"{stream.url} sent more than the expected {expected_size:,} bytes: "
+                    "cut off and rejected"
+                )
+            batch.append(chunk)
+            batch_bytes += len(chunk)
+            if batch_bytes >= BATCH_BYTES:
+                await writer.write(batch)
+                batch, batch_bytes = [], 0
+            now = time.monotonic()
+            if now - last_report >= progress_interval:
+                last_report = now
+                progress(received)
+        if batch:
+            await writer.write(batch)
+            batch = []
+    finally:
+        stream.close()
+        # Whatever was received before an error is kept (and hashed): it can resume.
+        if batch:
+            await writer.write(batch)
+        await writer.drain()
+        progress(writer.written)
