@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,15 @@ from .errors import (
     Attempt,
     ConnectFailed,
     ModelfetchError,
+    SizeMismatch,
     SourceError,
     StorageError,
     VerificationError,
     error_type,
 )
-from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent
+from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent, now_ms
 from .hashes import Digests, Identity, Verified
-from .sources.base import FileRequest, Origin, Source
+from .sources.base import ByteStream, FileRequest, Origin, Source
 from .sources.huggingface import HuggingFaceSource
 from .sources.ipfs import IPFSGatewaySource
 from .store import Partial, Store, stream_checks
@@ -95,14 +96,12 @@ class _Meter:
             self.speed = rate if self.speed == 0 else 0.5 * self.speed + 0.5 * rate
             self._t, self._b = now, self.bytes
         self._emit(
-            ProgressEvent(
-                **{
-                    **self.base.__dict__,
-                    "status": "downloading",
-                    "bytes_downloaded": self.bytes,
-                    "speed": self.speed,
-                    "timestamp": int(time.time() * 1000),
-                }
+            replace(
+                self.base,
+                status="downloading",
+                bytes_downloaded=self.bytes,
+                speed=self.speed,
+                timestamp=now_ms(),
             )
         )
 
@@ -132,6 +131,12 @@ class _Receiving:
     def restart(self) -> None:
         self.digests = self._fresh()
         self.offset = 0
+
+    def start_over(self) -> None:
+        """Throw away what was received: it failed verification."""
+        self.partial.discard()
+        self.restart()
+        self.partial.begin(self.identity)
 
 
 class Fetcher:
@@ -286,25 +291,28 @@ class Fetcher:
                 error_message=f"{len(attempts)} attempt(s) failed",
             )
         )
-        if unverifiable:
+        if unverifiable and all(a.layer == "cache" for a in attempts):
             attempts.append(Attempt("verify", None, "Unverifiable", _unverifiable_hint()))
         raise AllSourcesFailed(model.name, path, attempts)
 
     async def _settle_identity(self, request: FileRequest, attempts: list[Attempt]) -> Identity:
-        """The file's expected identity: manifest first, then each source's metadata."""
+        """The file's expected identity: manifest first, then each source's metadata.
+
+        Every source may give evidence, even one left out of the layer order: a hash from
+        the hub is what makes a gateway's bytes checkable.
+        """
         entry = await asyncio.to_thread(self.store.manifest.entry, request.model.name, request.path)
         identity = Identity(entry.size, entry.sha256, evidence="manifest") if entry else Identity()
         if identity.sha256:
             return identity
-        for layer in self.settings.order:
-            source = self._sources.get(layer)
-            if source is None or not source.origins(request):
+        for source in self._sources.values():
+            if not source.origins(request):
                 continue
             try:
                 found = await source.identity(self._http(), request)
             except (SourceError, VerificationError) as exc:
                 origin = source.origins(request)[0].base_url
-                self._attempt_failed(request, layer, origin, exc, attempts, 0.0, 0)
+                self._attempt_failed(request, source.layer, origin, exc, attempts, 0.0, 0)
                 continue
             if found is not None:
                 identity = identity.merged(found) if identity.evidence != "none" else found
@@ -398,103 +406,92 @@ class Fetcher:
         )
         await receiving.resume_or_begin()
         for origin in source.origins(request):
-            for attempt in range(origin.tries):
-                base = ProgressEvent(
+            got = await self._from_origin(request, origin, receiving, attempts, done)
+            if got is not None:
+                return got
+        if not receiving.offset:
+            receiving.partial.discard()  # nothing worth resuming
+        return None
+
+    async def _from_origin(
+        self,
+        request: FileRequest,
+        origin: Origin,
+        receiving: _Receiving,
+        attempts: list[Attempt],
+        done: list[int],
+    ) -> FileResult | None:
+        """Up to `origin.tries` tries of one origin; wrong bytes end its turn at once."""
+        model, path = request.model, request.path
+        failures = 0
+        while failures < origin.tries:
+            base = ProgressEvent(
+                model.name,
+                path,
+                origin.layer,
+                "attempting",
+                gateway=origin.base_url,
+                bytes_downloaded=receiving.offset,
+                total_bytes=receiving.identity.size,
+                retry_count=failures,
+                completed_files=done[0],
+                total_files=len(model.files),
+            )
+            self._emit(base)
+            started, fetched, resumed_from = time.monotonic(), [0], receiving.offset
+            try:
+                verified = await self._try_origin(origin, receiving, base, fetched)
+            except (SourceError, VerificationError, StorageError) as exc:
+                self._attempt_failed(
+                    request, origin.layer, origin.base_url, exc, attempts, started, fetched[0], base
+                )
+                if isinstance(exc, StorageError):
+                    receiving.partial.discard()
+                    raise
+                if isinstance(exc, VerificationError):
+                    receiving.start_over()
+                    if resumed_from:
+                        continue  # the kept prefix may be what was wrong: once more from 0
+                    return None
+                failures += 1
+                if not exc.retryable or failures == origin.tries:
+                    return None
+                await asyncio.sleep(origin.delay(failures - 1, exc))
+                continue
+            final = await asyncio.to_thread(
+                self.store.install, model, path, receiving.partial, verified
+            )
+            latency = (time.monotonic() - started) * 1000
+            self._emit(
+                AttemptEvent(
                     model.name,
                     path,
                     origin.layer,
-                    "attempting",
+                    "success",
                     gateway=origin.base_url,
-                    bytes_downloaded=receiving.offset,
-                    total_bytes=identity.size,
-                    retry_count=attempt,
-                    completed_files=done[0],
-                    total_files=len(model.files),
+                    latency_ms=latency,
+                    bytes_downloaded=fetched[0],
                 )
-                self._emit(base)
-                started = time.monotonic()
-                fetched = [0]
-                try:
-                    verified = await self._try_origin(origin, receiving, base, fetched)
-                except SourceError as exc:
-                    self._attempt_failed(
-                        request,
-                        origin.layer,
-                        origin.base_url,
-                        exc,
-                        attempts,
-                        started,
-                        fetched[0],
-                        base,
-                    )
-                    if not exc.retryable or attempt + 1 == origin.tries:
-                        break
-                    await asyncio.sleep(origin.delay(attempt, exc))
-                    continue
-                except VerificationError as exc:
-                    receiving.partial.discard()
-                    receiving.restart()
-                    receiving.partial.begin(identity)
-                    self._attempt_failed(
-                        request,
-                        origin.layer,
-                        origin.base_url,
-                        exc,
-                        attempts,
-                        started,
-                        fetched[0],
-                        base,
-                    )
-                    break  # this origin sent wrong bytes: try the next one
-                except StorageError as exc:
-                    receiving.partial.discard()
-                    self._attempt_failed(
-                        request,
-                        origin.layer,
-                        origin.base_url,
-                        exc,
-                        attempts,
-                        started,
-                        fetched[0],
-                        base,
-                    )
-                    raise
-                final = await asyncio.to_thread(
-                    self.store.install, model, path, receiving.partial, verified
+            )
+            self._emit(
+                replace(
+                    base,
+                    status="success",
+                    bytes_downloaded=verified.size,
+                    total_bytes=verified.size,
+                    completed_files=done[0] + 1,
+                    timestamp=now_ms(),
                 )
-                latency = (time.monotonic() - started) * 1000
-                self._emit(
-                    AttemptEvent(
-                        model.name,
-                        path,
-                        origin.layer,
-                        "success",
-                        gateway=origin.base_url,
-                        latency_ms=latency,
-                        bytes_downloaded=fetched[0],
-                    )
-                )
-                self._emit(
-                    ProgressEvent(
-                        **{
-                            **base.__dict__,
-                            "status": "success",
-                            "bytes_downloaded": verified.size,
-                            "total_bytes": verified.size,
-                            "completed_files": done[0] + 1,
-                            "timestamp": int(time.time() * 1000),
-                        }
-                    )
-                )
-                return FileResult(
-                    path,
-                    final,
-                    verified.size,
-                    verified.sha256,
-                    origin.layer,
-                    origin.base_url,
-                    fetched[0],
-                )
+            )
+            return FileResult(
+                path,
+                final,
+                verified.size,
+                verified.sha256,
+                origin.layer,
+                origin.base_url,
+                fetched[0],
+            )
         return None
 
     async def _try_origin(
@@ -517,12 +514,17 @@ class Fetcher:
         try:
             await receive(stream, writer, expected_size=expected, progress=progress)
             if expected is not None and writer.written < expected:
-                raise ConnectFailed(
-                    f"{stream.url} ended the body after {writer.written:,} of {expected:,} bytes"
-                )
+                _short_body(stream, writer.written - start, writer.written, expected)
             verified = receiving.digests.verify()
             await asyncio.to_thread(writer.sync_and_close)
             return verified
+        except VerificationError as exc:
+            if stream.content_type.startswith("text/html"):
+                raise type(exc)(
+                    f"{stream.url} sent an HTML page (Content-Type {stream.content_type}) "
+                    f"instead of the file: {exc}"
+                ) from None
+            raise
         finally:
             ticker.cancel()
             receiving.offset = writer.written
@@ -556,16 +558,7 @@ class Fetcher:
             )
         )
         if base is not None:
-            self._emit(
-                ProgressEvent(
-                    **{
-                        **base.__dict__,
-                        "status": "error",
-                        "error": message,
-                        "timestamp": int(time.time() * 1000),
-                    }
-                )
-            )
+            self._emit(replace(base, status="error", error=message, timestamp=now_ms()))
         log.info(
             "%s/%s: %s %s: %s: %s",
             request.model.name,
@@ -581,6 +574,16 @@ async def _tick_every_second(meter: _Meter) -> None:
     while True:
         await asyncio.sleep(1.0)
         meter.tick()
+
+
+def _short_body(stream: ByteStream, got: int, total: int, expected: int) -> None:
+    """A body shorter than the file: a cut connection (resumable) or the wrong file."""
+    if stream.length is not None and got == stream.length:
+        raise SizeMismatch(
+            f"{stream.url} sent a complete answer of {got:,} bytes, leaving the file at "
+            f"{total:,} of {expected:,} bytes: not this file"
+        )
+    raise ConnectFailed(f"{stream.url} ended the body after {total:,} of {expected:,} bytes")
 
 
 def _unverifiable_hint() -> str:

@@ -20,6 +20,7 @@ class ByteStream(Protocol):
     url: str
     offset: int  # position in the file of the first byte (0 when a Range was ignored)
     length: int | None  # bytes announced by the origin, if it said
+    content_type: str  # lower case, "" when not given
 
     def chunks(self) -> AsyncIterator[bytes]: ...
     def close(self) -> None: ...

@@ -65,6 +65,7 @@ class HTTPByteStream:
         self.url = str(resp.url)
         self.offset = offset
         self.length = resp.content_length
+        self.content_type = resp.headers.get("Content-Type", "").lower()
         self._stall_timeout = stall_timeout
 
     async def chunks(self) -> AsyncIterator[bytes]:

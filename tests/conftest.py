@@ -1,0 +1,127 @@
+"""Shared fixtures: loopback origins and settings that point at them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelfetch.catalog import HuggingFaceRef, IPFSRef, ModelSpec
+from modelfetch.config import HuggingFaceSettings, IPFSSettings, Settings, load_settings
+from modelfetch.testing import GatewayServer, HubServer
+from modelfetch.testing.onnx import tiny_onnx_model
+
+REPO = "test-org/test-model"
+CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the user's config, models dir or HF token."""
+    for var in ("MODELFETCH_HOME", "MODELFETCH_CONFIG", "HF_ENDPOINT", "HF_TOKEN",
+                "MODELFETCH_IPFS_GATEWAYS", "MODELFETCH_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+@pytest.fixture
+def hub() -> Iterator[HubServer]:
+    with HubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def gw1() -> Iterator[GatewayServer]:
+    with GatewayServer() as server:
+        yield server
+
+
+@pytest.fixture
+def gw2() -> Iterator[GatewayServer]:
+    with GatewayServer() as server:
+        yield server
+
+
+def model_files(seed: int = 1, onnx_padding: int = 300_000) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    return {
+        "config.json": b'{"seed": %d}' % seed,
+        "tokenizer.json": bytes(rng.randrange(32, 127) for _ in range(20_000)),
+        "onnx/model.onnx": tiny_onnx_model(seed=seed, padding=onnx_padding),
+    }
+
+
+@dataclass
+class World:
+    """A model served by a hub and two gateways, and settings that use them."""
+
+    models_dir: Path
+    hub: HubServer
+    gateways: list[GatewayServer]
+    files: dict[str, bytes]
+    spec: ModelSpec
+    settings: Settings
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def final(self, path: str) -> Path:
+        return self.models_dir / self.spec.dir / path
+
+    def with_settings(self, **changes: Any) -> Settings:
+        return replace(self.settings, **changes)
+
+
+def fast_settings(models_dir: Path, hub_url: str, gateways: list[str], **changes: Any) -> Settings:
+    base = load_settings(models_dir=models_dir, env={})
+    return replace(
+        base,
+        ipfs=IPFSSettings(gateways=tuple(gateways), timeout=1.5, retries=2, pause=0.05,
+                          connect_timeout=1.0),
+        huggingface=HuggingFaceSettings(endpoint=hub_url, retries=3, timeout=1.5,
+                                        connect_timeout=1.0, backoff=0.05, max_backoff=3),
+        **changes,
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path, hub: HubServer, gw1: GatewayServer, gw2: GatewayServer) -> World:
+    return make_world(tmp_path, hub, [gw1, gw2])
+
+
+def make_world(
+    tmp_path: Path, hub: HubServer, gateways: list[GatewayServer], *,
+    files: dict[str, bytes] | None = None, name: str = "test-model",
+    with_ipfs: bool = True, with_hf: bool = True,
+) -> World:
+    files = files if files is not None else model_files()
+    for path, data in files.items():
+        hub.add_file(REPO, path, data)
+    for gw in gateways:
+        gw.add_directory(CID, files)
+    spec = ModelSpec(
+        name=name, dir=f"org/{name}", files=tuple(files),
+        huggingface=HuggingFaceRef(REPO) if with_hf else None,
+        ipfs=IPFSRef(CID) if with_ipfs else None,
+    )
+    models_dir = tmp_path / "models"
+    settings = fast_settings(models_dir, hub.url, [g.url for g in gateways])
+    settings = replace(settings, models={**settings.models, name: spec})
+    return World(models_dir, hub, gateways, files, spec, settings)
+
+
+def leftovers(models_dir: Path) -> list[Path]:
+    """Anything that is neither a final file nor bookkeeping: temp files, partials, .bak."""
+    found = []
+    for p in models_dir.rglob("*"):
+        rel = p.relative_to(models_dir).as_posix()
+        if p.is_file() and (rel.startswith(".modelfetch/partial/") or p.name.endswith(
+            (".tmp", ".part", ".bak", ".incomplete"))):
+            found.append(p)
+    return found
+
+
+Collect = Callable[[Any], None]
