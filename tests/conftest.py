@@ -22,8 +22,14 @@ CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the user's config, models dir or HF token."""
-    for var in ("MODELFETCH_HOME", "MODELFETCH_CONFIG", "HF_ENDPOINT", "HF_TOKEN",
-                "MODELFETCH_IPFS_GATEWAYS", "MODELFETCH_TOKEN"):
+    for var in (
+        "MODELFETCH_HOME",
+        "MODELFETCH_CONFIG",
+        "HF_ENDPOINT",
+        "HF_TOKEN",
+        "MODELFETCH_IPFS_GATEWAYS",
+        "MODELFETCH_TOKEN",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
@@ -79,10 +85,17 @@ def fast_settings(models_dir: Path, hub_url: str, gateways: list[str], **changes
     base = load_settings(models_dir=models_dir, env={})
     return replace(
         base,
-        ipfs=IPFSSettings(gateways=tuple(gateways), timeout=1.5, retries=2, pause=0.05,
-                          connect_timeout=1.0),
-        huggingface=HuggingFaceSettings(endpoint=hub_url, retries=3, timeout=1.5,
-                                        connect_timeout=1.0, backoff=0.05, max_backoff=3),
+        ipfs=IPFSSettings(
+            gateways=tuple(gateways), timeout=1.5, retries=2, pause=0.05, connect_timeout=1.0
+        ),
+        huggingface=HuggingFaceSettings(
+            endpoint=hub_url,
+            retries=3,
+            timeout=1.5,
+            connect_timeout=1.0,
+            backoff=0.05,
+            max_backoff=3,
+        ),
         **changes,
     )
 
@@ -93,9 +106,14 @@ def world(tmp_path: Path, hub: HubServer, gw1: GatewayServer, gw2: GatewayServer
 
 
 def make_world(
-    tmp_path: Path, hub: HubServer, gateways: list[GatewayServer], *,
-    files: dict[str, bytes] | None = None, name: str = "test-model",
-    with_ipfs: bool = True, with_hf: bool = True,
+    tmp_path: Path,
+    hub: HubServer,
+    gateways: list[GatewayServer],
+    *,
+    files: dict[str, bytes] | None = None,
+    name: str = "test-model",
+    with_ipfs: bool = True,
+    with_hf: bool = True,
 ) -> World:
     files = files if files is not None else model_files()
     for path, data in files.items():
@@ -103,7 +121,9 @@ def make_world(
     for gw in gateways:
         gw.add_directory(CID, files)
     spec = ModelSpec(
-        name=name, dir=f"org/{name}", files=tuple(files),
+        name=name,
+        dir=f"org/{name}",
+        files=tuple(files),
         huggingface=HuggingFaceRef(REPO) if with_hf else None,
         ipfs=IPFSRef(CID) if with_ipfs else None,
     )
@@ -118,8 +138,10 @@ def leftovers(models_dir: Path) -> list[Path]:
     found = []
     for p in models_dir.rglob("*"):
         rel = p.relative_to(models_dir).as_posix()
-        if p.is_file() and (rel.startswith(".modelfetch/partial/") or p.name.endswith(
-            (".tmp", ".part", ".bak", ".incomplete"))):
+        if p.is_file() and (
+            rel.startswith(".modelfetch/partial/")
+            or p.name.endswith((".tmp", ".part", ".bak", ".incomplete"))
+        ):
             found.append(p)
     return found
 

@@ -17,7 +17,9 @@ def test_unsafe_paths_are_rejected(bad: str) -> None:
         check_relpath(bad)
 
 
-@pytest.mark.parametrize("good", ["config.json", "onnx/encoder_model.onnx", "a/b/c.d", "..x", "x.."])
+@pytest.mark.parametrize(
+    "good", ["config.json", "onnx/encoder_model.onnx", "a/b/c.d", "..x", "x.."]
+)
 def test_plain_relative_paths_pass(good: str) -> None:
     assert check_relpath(good) == good
 

@@ -10,19 +10,25 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CID, REPO, model_files
 
+from conftest import CID, REPO, model_files
 from modelfetch.testing import GatewayServer, HubServer, faults
 
 ONNX = "onnx/model.onnx"
 
 
-def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELFETCH", "HF_"))}
     full_env.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "modelfetch", *args], env=full_env, capture_output=True,
-        text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "modelfetch", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -59,9 +65,14 @@ def test_pull_json_document(served: dict[str, str], gw1: GatewayServer, tmp_path
     data = model_files()
     assert set(files) == set(data)
     onnx = files[ONNX]
-    assert onnx == {"path": ONNX, "size": len(data[ONNX]),
-                    "sha256": hashlib.sha256(data[ONNX]).hexdigest(), "source": "ipfs",
-                    "gateway": gw1.url, "bytes_downloaded": len(data[ONNX])}
+    assert onnx == {
+        "path": ONNX,
+        "size": len(data[ONNX]),
+        "sha256": hashlib.sha256(data[ONNX]).hexdigest(),
+        "source": "ipfs",
+        "gateway": gw1.url,
+        "bytes_downloaded": len(data[ONNX]),
+    }
     assert "Traceback" not in proc.stderr
     # second run: cache, no network
     proc = run(["pull", "my-model", "--json"], served)
@@ -71,10 +82,21 @@ def test_pull_json_document(served: dict[str, str], gw1: GatewayServer, tmp_path
     assert {f["bytes_downloaded"] for f in doc["models"][0]["files"]} == {0}
 
 
-def test_prefer_flag_and_dir_after_command(served: dict[str, str], hub: HubServer,
-                                           tmp_path: Path) -> None:
-    proc = run(["pull", "my-model", "--prefer", "huggingface", "--json", "--dir",
-                str(tmp_path / "elsewhere")], served)
+def test_prefer_flag_and_dir_after_command(
+    served: dict[str, str], hub: HubServer, tmp_path: Path
+) -> None:
+    proc = run(
+        [
+            "pull",
+            "my-model",
+            "--prefer",
+            "huggingface",
+            "--json",
+            "--dir",
+            str(tmp_path / "elsewhere"),
+        ],
+        served,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert {f["source"] for f in doc["models"][0]["files"]} == {"huggingface"}
@@ -100,8 +122,7 @@ def test_every_source_failing_exits_1_with_one_line_per_attempt(
     assert (tmp_path / "models" / "org" / "my-model" / "config.json").is_file()
 
 
-def test_json_errors_on_failure(served: dict[str, str], gw1: GatewayServer,
-                                hub: HubServer) -> None:
+def test_json_errors_on_failure(served: dict[str, str], gw1: GatewayServer, hub: HubServer) -> None:
     gw1.inject(faults.wrong_bytes(), path=ONNX)
     hub.inject(faults.wrong_bytes(), path=ONNX, on="cdn")
     proc = run(["pull", "my-model", "--json"], served)
@@ -111,7 +132,9 @@ def test_json_errors_on_failure(served: dict[str, str], gw1: GatewayServer,
     (error,) = doc["errors"]
     assert error["model"] == "my-model" and error["file"] == ONNX
     assert [(a["layer"], a["gateway"], a["error_type"]) for a in error["attempts"]] == [
-        ("ipfs", gw1.url, "HashMismatch"), ("huggingface", hub.url, "HashMismatch")]
+        ("ipfs", gw1.url, "HashMismatch"),
+        ("huggingface", hub.url, "HashMismatch"),
+    ]
 
 
 @pytest.mark.parametrize("bad", ["../escape.bin", "/etc/passwd", "a\\\\b"])
@@ -120,8 +143,14 @@ def test_unsafe_file_name_exits_2_before_any_network(
 ) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'[models.evil]\nfiles = ["{bad}"]\nhuggingface = {{ repo = "a/b" }}\n')
-    proc = run(["pull", "evil"], {"MODELFETCH_CONFIG": str(config), "HF_ENDPOINT": hub.url,
-                                  "MODELFETCH_HOME": str(tmp_path / "m")})
+    proc = run(
+        ["pull", "evil"],
+        {
+            "MODELFETCH_CONFIG": str(config),
+            "HF_ENDPOINT": hub.url,
+            "MODELFETCH_HOME": str(tmp_path / "m"),
+        },
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "error:" in proc.stderr
     assert hub.request_count() == 0
@@ -176,13 +205,20 @@ def test_manifest_generate(tmp_path: Path) -> None:
     d.mkdir()
     (d / "a.bin").write_bytes(b"abc")
     manifest = tmp_path / "out.json"
-    proc = run(["manifest", "generate", str(d), "--name", "mine", "--manifest", str(manifest)],
-               {"MODELFETCH_HOME": str(tmp_path / "m")})
+    proc = run(
+        ["manifest", "generate", str(d), "--name", "mine", "--manifest", str(manifest)],
+        {"MODELFETCH_HOME": str(tmp_path / "m")},
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(manifest.read_text())
-    assert data["mine"]["files"]["a.bin"] == {"size": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}
-    proc = run(["manifest", "generate", str(tmp_path / "nope"), "--name", "x"],
-               {"MODELFETCH_HOME": str(tmp_path / "m")})
+    assert data["mine"]["files"]["a.bin"] == {
+        "size": 3,
+        "sha256": hashlib.sha256(b"abc").hexdigest(),
+    }
+    proc = run(
+        ["manifest", "generate", str(tmp_path / "nope"), "--name", "x"],
+        {"MODELFETCH_HOME": str(tmp_path / "m")},
+    )
     assert proc.returncode == 2
 
 

@@ -26,15 +26,22 @@ def test_defaults(tmp_path: Path) -> None:
 
 
 def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
-    cfg = write(tmp_path, f'models_dir = "{tmp_path / "from-file"}"\n'
-                          '[huggingface]\nendpoint = "http://file.example"\n'
-                          '[ipfs]\ngateways = ["http://gw-file"]\ntimeout = 7\n')
+    cfg = write(
+        tmp_path,
+        f'models_dir = "{tmp_path / "from-file"}"\n'
+        '[huggingface]\nendpoint = "http://file.example"\n'
+        '[ipfs]\ngateways = ["http://gw-file"]\ntimeout = 7\n',
+    )
     s = load_settings(config_file=cfg, env={})
     assert s.models_dir == tmp_path / "from-file"
     assert s.huggingface.endpoint == "http://file.example"
     assert s.ipfs.timeout == 7.0
-    env = {"MODELFETCH_HOME": str(tmp_path / "from-env"), "HF_ENDPOINT": "http://env.example/",
-           "MODELFETCH_IPFS_GATEWAYS": "http://a, http://b", "HF_TOKEN": "hf_SeCrEt123"}
+    env = {
+        "MODELFETCH_HOME": str(tmp_path / "from-env"),
+        "HF_ENDPOINT": "http://env.example/",
+        "MODELFETCH_IPFS_GATEWAYS": "http://a, http://b",
+        "HF_TOKEN": "hf_SeCrEt123",
+    }
     s = load_settings(config_file=cfg, env=env)
     assert s.models_dir == tmp_path / "from-env"
     assert s.huggingface.endpoint == "http://env.example"
@@ -52,9 +59,12 @@ def test_config_from_env_var_and_prefer(tmp_path: Path) -> None:
 
 
 def test_user_models_added(tmp_path: Path) -> None:
-    cfg = write(tmp_path, '[models.my-model]\ndir = "my-org/my-model"\n'
-                          'huggingface = { repo = "my-org/my-model", revision = "v2" }\n'
-                          'ipfs = { cid = "bafyxyz" }\nfiles = ["config.json", "onnx/m.onnx"]\n')
+    cfg = write(
+        tmp_path,
+        '[models.my-model]\ndir = "my-org/my-model"\n'
+        'huggingface = { repo = "my-org/my-model", revision = "v2" }\n'
+        'ipfs = { cid = "bafyxyz" }\nfiles = ["config.json", "onnx/m.onnx"]\n',
+    )
     s = load_settings(config_file=cfg, env={})
     m = s.model("my-model")
     assert m.files == ("config.json", "onnx/m.onnx")
@@ -67,13 +77,13 @@ def test_user_models_added(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text, match",
     [
-        ("order = [\"cache\", \"ftp\"]", "unknown layer"),
+        ('order = ["cache", "ftp"]', "unknown layer"),
         ("[ipfs]\nretries = 0", "out of range"),
-        ("[ipfs]\ngateways = [\"ftp://x\"]", "http"),
+        ('[ipfs]\ngateways = ["ftp://x"]', "http"),
         ("bogus = 1", "unknown key"),
         ("not toml [", "not valid TOML"),
-        ("[models.x]\nfiles = [\"../up\"]", "'..'"),
-        ("[huggingface]\ntoken = \"x\"", "unknown key"),
+        ('[models.x]\nfiles = ["../up"]', "'..'"),
+        ('[huggingface]\ntoken = "x"', "unknown key"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, match: str) -> None:

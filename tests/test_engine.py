@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from conftest import CID, REPO, World, leftovers, make_world, model_files
 
+from conftest import CID, REPO, World, leftovers, make_world, model_files
 from modelfetch.catalog import HuggingFaceRef, ModelSpec
 from modelfetch.config import HuggingFaceSettings, IPFSSettings
 from modelfetch.engine import Fetcher, ModelResult
@@ -43,7 +44,7 @@ def assert_installed(world: World, result: ModelResult) -> None:
 
 
 async def test_first_gateway_serves_every_file_verified(world: World) -> None:
-    result, events = await pull(world)
+    result, _events = await pull(world)
     assert_installed(world, result)
     files = by_path(result)
     assert {f.source for f in files.values()} == {"ipfs"}
@@ -77,22 +78,31 @@ async def test_gateway_fault_falls_through_to_a_healthy_source(world: World, nam
     world.gateways[0].inject(GATEWAY_FAULTS[name])
     result, events = await pull(world)
     assert_installed(world, result)
-    errors = [e for e in events if isinstance(e, AttemptEvent) and e.status == "error"
-              and e.layer == "ipfs"]
+    errors = [
+        e
+        for e in events
+        if isinstance(e, AttemptEvent) and e.status == "error" and e.layer == "ipfs"
+    ]
     assert errors, "the faulty gateway's failure must be recorded"
     assert all(e.gateway == world.gateways[0].url for e in errors)
     # files may resume on gw2 from gw1's verified-so-far prefix, or come whole from gw2
     assert all(f.source == "ipfs" for f in result.files)
 
 
-async def test_refused_gateway_is_skipped(tmp_path: Any, hub: HubServer, gw2: GatewayServer) -> None:
+async def test_refused_gateway_is_skipped(
+    tmp_path: Any, hub: HubServer, gw2: GatewayServer
+) -> None:
     world = make_world(tmp_path, hub, [gw2])
-    settings = replace(world.settings, ipfs=replace(
-        world.settings.ipfs, gateways=(faults.unused_url(), gw2.url)))
+    settings = replace(
+        world.settings, ipfs=replace(world.settings.ipfs, gateways=(faults.unused_url(), gw2.url))
+    )
     result, events = await pull(world, ipfs=settings.ipfs)
     assert_installed(world, result)
-    refused = [e for e in events if isinstance(e, AttemptEvent) and e.status == "error"
-               and e.layer == "ipfs"]
+    refused = [
+        e
+        for e in events
+        if isinstance(e, AttemptEvent) and e.status == "error" and e.layer == "ipfs"
+    ]
     assert refused and all(e.error_type == "ConnectFailed" for e in refused)
     assert all("refused" in (e.error_message or "") for e in refused)
     assert {f.gateway for f in result.files} == {gw2.url}
@@ -137,8 +147,14 @@ async def test_hub_retries_5xx_then_succeeds(world: World) -> None:
     result, events = await pull(world, order=("cache", "huggingface"))
     assert_installed(world, result)
     assert by_path(result)[ONNX].source == "huggingface"
-    errors = [e for e in events if isinstance(e, AttemptEvent) and e.status == "error"
-              and e.file == ONNX and e.layer == "huggingface"]
+    errors = [
+        e
+        for e in events
+        if isinstance(e, AttemptEvent)
+        and e.status == "error"
+        and e.file == ONNX
+        and e.layer == "huggingface"
+    ]
     assert len(errors) == 2 and all("503" in (e.error_message or "") for e in errors)
 
 
@@ -151,8 +167,11 @@ async def test_hub_429_honours_retry_after(world: World) -> None:
 
 
 async def test_hub_404_is_not_retried_and_says_why(world: World) -> None:
-    world.hub.inject(faults.status(404, headers={"X-Error-Code": "EntryNotFound"}),
-                     path="config.json", on="resolve")
+    world.hub.inject(
+        faults.status(404, headers={"X-Error-Code": "EntryNotFound"}),
+        path="config.json",
+        on="resolve",
+    )
     result, _ = await pull(world, order=("huggingface",))
     err = next(e for e in result.errors if isinstance(e, AllSourcesFailed))
     assert err.path == "config.json"
@@ -225,8 +244,9 @@ async def test_corrupt_cache_file_goes_to_bak_and_is_replaced(world: World) -> N
     assert_installed(world, result)
     assert by_path(result)[ONNX].source == "ipfs"
     assert not target.with_name(target.name + ".bak").exists()
-    miss = [e for e in events if isinstance(e, AttemptEvent) and e.layer == "cache"
-            and e.file == ONNX]
+    miss = [
+        e for e in events if isinstance(e, AttemptEvent) and e.layer == "cache" and e.file == ONNX
+    ]
     assert miss[0].error_type == "HashMismatch"
 
 
@@ -246,9 +266,7 @@ async def test_corrupt_cache_kept_as_bak_when_nothing_can_replace_it(world: Worl
 async def test_one_download_for_concurrent_requests(world: World) -> None:
     world.gateways[0].inject(faults.slow(2_000_000), path=ONNX)
     async with Fetcher(world.settings) as fetcher:
-        results = await asyncio.gather(
-            *(fetcher.fetch_file(world.spec, ONNX) for _ in range(5))
-        )
+        results = await asyncio.gather(*(fetcher.fetch_file(world.spec, ONNX) for _ in range(5)))
     assert len({r.sha256 for r in results}) == 1
     assert world.gateways[0].request_count(ONNX, method="GET") == 1
 
@@ -277,8 +295,13 @@ async def test_small_files_checked_by_git_blob_sha1(world: World) -> None:
     result, events = await pull(world)
     assert_installed(world, result)
     assert by_path(result)["config.json"].gateway == world.gateways[1].url
-    mismatch = [e for e in events if isinstance(e, AttemptEvent) and e.file == "config.json"
-                and e.error_type == "HashMismatch"]
+    mismatch = [
+        e
+        for e in events
+        if isinstance(e, AttemptEvent)
+        and e.file == "config.json"
+        and e.error_type == "HashMismatch"
+    ]
     assert mismatch and "git blob SHA-1" in (mismatch[0].error_message or "")
 
 
@@ -299,8 +322,12 @@ async def test_dataset_subdir_and_absolute_redirects(tmp_path: Any) -> None:
     with HubServer(absolute_redirects=True) as hub:
         for path, data in files.items():
             hub.add_file("org/data", f"tts/{path}", data, repo_type="dataset")
-        spec = ModelSpec(name="ds", dir="tts", files=tuple(files),
-                         huggingface=HuggingFaceRef("org/data", type="dataset", subdir="tts"))
+        spec = ModelSpec(
+            name="ds",
+            dir="tts",
+            files=tuple(files),
+            huggingface=HuggingFaceRef("org/data", type="dataset", subdir="tts"),
+        )
         from conftest import fast_settings
 
         settings = fast_settings(tmp_path, hub.url, [])
@@ -319,20 +346,40 @@ async def test_progress_events_every_second_and_complete(world: World) -> None:
     started = time.monotonic()
     result, events = await pull(world, ipfs=settings_ipfs)
     assert result.ok
-    moving = [e for e in events if isinstance(e, ProgressEvent) and e.file == ONNX
-              and e.status == "downloading"]
+    moving = [
+        e
+        for e in events
+        if isinstance(e, ProgressEvent) and e.file == ONNX and e.status == "downloading"
+    ]
     times = [e.timestamp for e in moving]
     assert time.monotonic() - started > 2.5
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps and max(gaps) <= 1300, gaps  # at least one event a second, even when stalled
-    done = [e for e in events if isinstance(e, ProgressEvent) and e.file == ONNX
-            and e.status == "success"]
+    done = [
+        e
+        for e in events
+        if isinstance(e, ProgressEvent) and e.file == ONNX and e.status == "success"
+    ]
     assert done and done[-1].to_dict()["percentComplete"] == 100.0
     shape = moving[-1].to_dict()
-    assert set(shape) >= {"type", "modelId", "file", "source", "status", "currentGateway",
-                          "bytesDownloaded", "bytesRemaining", "totalBytes", "downloadSpeed",
-                          "eta", "retryCount", "percentComplete", "completedFiles",
-                          "totalFiles", "timestamp"}
+    assert set(shape) >= {
+        "type",
+        "modelId",
+        "file",
+        "source",
+        "status",
+        "currentGateway",
+        "bytesDownloaded",
+        "bytesRemaining",
+        "totalBytes",
+        "downloadSpeed",
+        "eta",
+        "retryCount",
+        "percentComplete",
+        "completedFiles",
+        "totalFiles",
+        "timestamp",
+    }
     assert shape["currentGateway"] == world.gateways[0].url
     assert any(0 < e.to_dict()["percentComplete"] < 100 for e in moving)
 
@@ -348,9 +395,12 @@ async def test_large_files_are_bounded_concurrency(tmp_path: Any, hub: HubServer
     files = {f"f{i}.bin": bytes([i]) * 200_000 for i in range(6)}
     world = make_world(tmp_path, hub, [], files=files, with_ipfs=False)
     hub.inject(faults.slow(1_000_000))
-    settings = replace(world.settings, concurrency=2,
-                       ipfs=IPFSSettings(gateways=()),
-                       huggingface=replace(world.settings.huggingface, timeout=5))
+    settings = replace(
+        world.settings,
+        concurrency=2,
+        ipfs=IPFSSettings(gateways=()),
+        huggingface=replace(world.settings.huggingface, timeout=5),
+    )
     active: set[str] = set()
     peak = [0]
 
@@ -372,3 +422,19 @@ def test_settings_types_are_frozen() -> None:
     with pytest.raises(AttributeError):
         HuggingFaceSettings().retries = 5  # type: ignore[misc]
     assert tiny_onnx_model(1) != tiny_onnx_model(2)
+
+
+async def test_every_attempt_is_recorded_in_the_models_dir(world: World) -> None:
+    world.gateways[0].inject(faults.status(503), path=ONNX)
+    await pull(world)
+    await pull(world)
+    from modelfetch.records import Records
+
+    with Records(world.settings.records_path) as records:
+        rows = records.attempts()
+        health = records.health()
+    assert ("ipfs", world.gateways[0].url, "error") in {
+        (r["layer"], r["gateway"], r["status"]) for r in rows
+    }
+    assert sum(1 for r in rows if r["status"] == "hit") == len(world.files)
+    assert health["cache"]["hit_rate"] == 50.0

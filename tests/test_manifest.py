@@ -22,10 +22,14 @@ def test_generate_records_sizes_and_hashes(tmp_path: Path) -> None:
     manifest = tmp_path / ".manifests.json"
     generate(d, "m", manifest)
     data = json.loads(manifest.read_text())
-    assert data == {"m": {"files": {
-        "config.json": {"size": 2, "sha256": hashlib.sha256(b"{}").hexdigest()},
-        "onnx/m.onnx": {"size": 1000, "sha256": hashlib.sha256(b"x" * 1000).hexdigest()},
-    }}}
+    assert data == {
+        "m": {
+            "files": {
+                "config.json": {"size": 2, "sha256": hashlib.sha256(b"{}").hexdigest()},
+                "onnx/m.onnx": {"size": 1000, "sha256": hashlib.sha256(b"x" * 1000).hexdigest()},
+            }
+        }
+    }
 
 
 def test_updates_keep_other_models_and_publication(tmp_path: Path) -> None:
@@ -60,8 +64,16 @@ def test_manifest_with_unsafe_name_rejected(tmp_path: Path) -> None:
 def test_agentgui_format_is_read(tmp_path: Path) -> None:
     path = tmp_path / ".manifests.json"
     sha = "ab" * 32
-    path.write_text(json.dumps({"whisper-base": {"files": {
-        "onnx/encoder_model.onnx": {"size": 82470000, "sha256": sha}},
-        "ipfsHash": "Qm123", "publishedAt": "2026-01-01T00:00:00Z"}}))
+    path.write_text(
+        json.dumps(
+            {
+                "whisper-base": {
+                    "files": {"onnx/encoder_model.onnx": {"size": 82470000, "sha256": sha}},
+                    "ipfsHash": "Qm123",
+                    "publishedAt": "2026-01-01T00:00:00Z",
+                }
+            }
+        )
+    )
     entry = Manifest(path).entry("whisper-base", "onnx/encoder_model.onnx")
     assert entry == FileEntry(82470000, sha)

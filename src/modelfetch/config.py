@@ -60,8 +60,14 @@ class Settings:
     huggingface: HuggingFaceSettings = HuggingFaceSettings()
     models: Mapping[str, ModelSpec] = field(default_factory=lambda: dict(BUILTIN))
     concurrency: int = 4  # files of one model downloaded at once
+    retention_hours: float = 24.0  # how long attempt records are kept
     wait_timeout: float = 3600.0  # longest wait for another request's download of a file
     config_file: Path | None = None
+
+    @property
+    def records_path(self) -> Path:
+        """The SQLite file of attempt and download records."""
+        return self.models_dir / ".modelfetch" / "records.sqlite3"
 
     def model(self, name: str) -> ModelSpec:
         from .errors import UnknownModel
@@ -131,7 +137,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
 
 
-_TOP_KEYS = {"models_dir", "order", "ipfs", "huggingface", "models", "concurrency"}
+_TOP_KEYS = {
+    "models_dir",
+    "order",
+    "ipfs",
+    "huggingface",
+    "models",
+    "concurrency",
+    "retention_hours",
+}
 
 
 def _from_table(table: Mapping[str, Any], path: Path | None) -> Settings:
@@ -161,7 +175,11 @@ def _from_table(table: Mapping[str, Any], path: Path | None) -> Settings:
     concurrency = table.get("concurrency", 4)
     if not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
         raise ConfigError(f"{where}: concurrency must be an integer from 1 to 64")
+    retention = table.get("retention_hours", 24.0)
+    if isinstance(retention, bool) or not isinstance(retention, int | float) or retention <= 0:
+        raise ConfigError(f"{where}: retention_hours must be a positive number of hours")
     return Settings(
+        retention_hours=float(retention),
         models_dir=models_dir,
         order=order,
         ipfs=ipfs,

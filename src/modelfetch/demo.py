@@ -73,8 +73,10 @@ def run_demo(out: Console, err: Console, models_dir: Path | None = None) -> int:
         result = asyncio.run(_pull(settings, err, attempts))
     _report(out, result, attempts)
     if result.ok:
-        out.print("\nEvery file above is verified. Run [bold]modelfetch demo[/] again: the "
-                  "cache layer now serves them with no network.")
+        out.print(
+            "\nEvery file above is verified. Run [bold]modelfetch demo[/] again: the "
+            "cache layer now serves them with no network."
+        )
         return 0
     for e in result.errors:
         err.print(f"[red]error:[/] {e}")
@@ -101,8 +103,9 @@ def _report(out: Console, result: ModelResult, attempts: list[AttemptEvent]) -> 
     out.print("")
     for f in sorted(result.files, key=lambda f: f.path):
         where = os.path.relpath(f.local_path, result.dir.parent)
-        out.print(f"  {where}  {f.size:,} B  sha256 {f.sha256[:16]}…  from {f.source}",
-                  markup=False)
+        out.print(
+            f"  {where}  {f.size:,} B  sha256 {f.sha256[:16]}…  from {f.source}", markup=False
+        )
 
 
 def _step(a: AttemptEvent) -> str:

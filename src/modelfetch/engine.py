@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .errors import (
 )
 from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent, now_ms
 from .hashes import Digests, Identity, Verified
+from .records import Records
 from .sources.base import ByteStream, FileRequest, Origin, Source
 from .sources.huggingface import HuggingFaceSource
 from .sources.ipfs import IPFSGatewaySource
@@ -151,10 +153,16 @@ class Fetcher:
         *,
         listeners: Iterable[Listener] = (),
         sources: Sequence[Source] | None = None,
+        records: Records | bool = True,
     ) -> None:
+        """`records=True` keeps a record of every attempt in the models dir (False: none)."""
         self.settings = settings or load_settings()
         self.store = Store(self.settings.models_dir)
         self._listeners: list[Listener] = list(listeners)
+        self._own_records = records is True
+        self.records = open_records(self.settings) if records is True else records or None
+        if self.records is not None:
+            self._listeners.append(self.records.listener)
         known = (
             sources
             if sources is not None
@@ -178,6 +186,9 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.records is not None and self._own_records:
+            await asyncio.to_thread(self.records.close)
+            self.records = None
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -326,9 +337,16 @@ class Fetcher:
         model, path = request.model, request.path
         started = time.monotonic()
         if not identity.verifiable:
-            final = self.store.final_path(model, path)
-            if final.is_file():
-                attempts.append(Attempt("cache", None, "Unverifiable", "present but unverifiable"))
+            present = self.store.final_path(model, path).is_file()
+            kind = "Unverifiable" if present else "CacheMiss"
+            message = "present, but nothing to verify it against" if present else "not on disk"
+            if present:
+                attempts.append(Attempt("cache", None, kind, message))
+            self._emit(
+                AttemptEvent(
+                    model.name, path, "cache", "error", error_type=kind, error_message=message
+                )
+            )
             return None
         found = await self.store.lookup(model, path, identity)
         latency = (time.monotonic() - started) * 1000
@@ -568,6 +586,15 @@ class Fetcher:
             kind,
             message,
         )
+
+
+def open_records(settings: Settings) -> Records | None:
+    """The models dir's records, or None (with a warning) when they cannot be opened."""
+    try:
+        return Records(settings.records_path, retention=timedelta(hours=settings.retention_hours))
+    except StorageError as exc:
+        log.warning("download records are off: %s", exc)
+        return None
 
 
 async def _tick_every_second(meter: _Meter) -> None:

@@ -46,7 +46,7 @@ class Identity:
 class StreamCheck(Protocol):
     """Anything fed the bytes as they stream and able to object at the end."""
 
-    def update(self, data: bytes) -> None: ...
+    def update(self, data: bytes | memoryview) -> None: ...
     def finish(self) -> None: ...
 
 
@@ -79,7 +79,7 @@ class Digests:
         if self._git_sha1 is not None:
             self._git_sha1.update(data)
         for check in self._checks:
-            check.update(bytes(data) if isinstance(data, memoryview) else data)
+            check.update(data)
 
     def verify(self) -> Verified:
         """Raise SizeMismatch, HashMismatch (or a check's error); else return the facts."""

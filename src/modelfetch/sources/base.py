@@ -35,6 +35,7 @@ class Origin(Protocol):
     def base_url(self) -> str:
         """What records and reports name: the gateway or hub base URL."""
         ...
+
     @property
     def tries(self) -> int: ...
 

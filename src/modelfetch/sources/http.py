@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
@@ -69,22 +70,72 @@ class HTTPByteStream:
         self._stall_timeout = stall_timeout
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._resp.content
+        watchdog = _StallWatchdog(self._stall_timeout)
         try:
             while True:
-                chunk = await content.readany()
+                with watchdog.waiting():
+                    chunk, _ = await self._resp.content.readchunk()
                 if not chunk:
                     return
                 yield chunk
-        except TimeoutError:
-            raise Stalled(f"no bytes for {self._stall_timeout:g} s from {self.url}") from None
+        except asyncio.CancelledError:
+            if watchdog.claim_cancellation():
+                raise Stalled(f"no bytes for {self._stall_timeout:g} s from {self.url}") from None
+            raise
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise ConnectFailed(
-                f"connection broken mid-body from {self.url}: {_why(exc)}"
-            ) from None
+            why = _why(exc)
+            raise ConnectFailed(f"connection broken mid-body from {self.url}: {why}") from None
+        finally:
+            watchdog.stop()
 
     def close(self) -> None:
         self._resp.close()
+
+
+class _StallWatchdog:
+    """Cancels the reading task after `timeout` s spent waiting for bytes without any.
+
+    One lazily re-armed timer instead of a new one per chunk: at gigabytes per second a
+    per-chunk timer costs more than the hashing. Time spent away from the network (a slow
+    disk downstream) does not count as a stall.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._timeout = timeout
+        self._since = self._loop.time()
+        self._waiting = False
+        self.fired = False
+        self._handle = self._loop.call_at(self._since + timeout, self._check)
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        self._since = self._loop.time()
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
+
+    def claim_cancellation(self) -> bool:
+        """True when the cancellation being handled is this watchdog's (and undo it)."""
+        if not self.fired or self._task is None:
+            return False
+        self._task.uncancel()
+        return True
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self._waiting and now - self._since >= self._timeout and self._task is not None:
+            self.fired = True
+            self._task.cancel()
+            return
+        start = self._since if self._waiting else now
+        self._handle = self._loop.call_at(start + self._timeout, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 def _why(exc: BaseException) -> str:
@@ -92,9 +143,10 @@ def _why(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-def _timeout(connect: float, stall: float) -> aiohttp.ClientTimeout:
-    # sock_read covers both a server that never answers and one that stops mid-body.
-    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=stall)
+def _timeout(connect: float) -> aiohttp.ClientTimeout:
+    # Waiting for the answer and for body bytes is bounded by the stall timeout, enforced
+    # in `_send` and `HTTPByteStream.chunks` (cheaper than aiohttp's per-read timer).
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
 
 
 async def request(
@@ -150,21 +202,24 @@ async def _send(
     stall_timeout: float,
 ) -> aiohttp.ClientResponse:
     try:
-        return await session.request(
-            method,
-            url,
-            headers=headers,
-            allow_redirects=False,
-            timeout=_timeout(connect_timeout, stall_timeout),
-            auto_decompress=False,
-        )
+        async with asyncio.timeout(connect_timeout + stall_timeout):
+            return await session.request(
+                method,
+                url,
+                headers=headers,
+                allow_redirects=False,
+                timeout=_timeout(connect_timeout),
+                auto_decompress=False,
+            )
     except aiohttp.ConnectionTimeoutError:
         raise ConnectFailed(f"no connection to {_host(url)} within {connect_timeout:g} s") from None
     except TimeoutError:
         raise Stalled(f"no answer from {_host(url)} for {stall_timeout:g} s") from None
     except aiohttp.ClientConnectorError as exc:
-        why = "connection refused" if isinstance(exc.os_error, ConnectionRefusedError) else (
-            _why(exc.os_error)
+        why = (
+            "connection refused"
+            if isinstance(exc.os_error, ConnectionRefusedError)
+            else (_why(exc.os_error))
         )
         raise ConnectFailed(f"cannot connect to {_host(url)}: {why}") from None
     except (aiohttp.ClientError, OSError) as exc:
