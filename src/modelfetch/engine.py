@@ -274,6 +274,30 @@ class Fetcher:
 
     async def _fetch_once(self, model: ModelSpec, path: str, done: list[int]) -> FileResult:
         request = FileRequest(model, path)
+        known = await self._cached_by_manifest(request)
+        if known is not None:
+            return known
+        # Everything past here may touch the network or the final path: one process at a time
+        # per file. A process that waited finds the file installed and verified by the other.
+        lock = self.store.file_lock(model, path)
+        await self.store.acquire(lock, self.settings.wait_timeout)
+        try:
+            return await self._through_layers(request, done)
+        finally:
+            await asyncio.to_thread(lock.release)
+
+    async def _cached_by_manifest(self, request: FileRequest) -> FileResult | None:
+        """Fast path: a file the manifest vouches for, verified in place (no lock, no network)."""
+        if "cache" not in self.settings.order:
+            return None
+        entry = await asyncio.to_thread(self.store.manifest.entry, request.model.name, request.path)
+        if entry is None:
+            return None
+        identity = Identity(entry.size, entry.sha256, evidence="manifest")
+        return await self._from_cache(request, identity, [], final=False)
+
+    async def _through_layers(self, request: FileRequest, done: list[int]) -> FileResult:
+        model, path = request.model, request.path
         attempts: list[Attempt] = []
         identity = await self._settle_identity(request, attempts)
         unverifiable = False
@@ -289,7 +313,7 @@ class Fetcher:
             if not identity.verifiable:
                 unverifiable = True
                 continue
-            got = await self._locked_download(request, source, identity, attempts, done)
+            got = await self._download(request, source, identity, attempts, done)
             if got is not None:
                 return got
         self._emit(
@@ -332,8 +356,14 @@ class Fetcher:
         return identity
 
     async def _from_cache(
-        self, request: FileRequest, identity: Identity, attempts: list[Attempt]
+        self,
+        request: FileRequest,
+        identity: Identity,
+        attempts: list[Attempt],
+        *,
+        final: bool = True,
     ) -> FileResult | None:
+        """The cache layer. With `final=False` (a quick look) a miss is silent, moves nothing."""
         model, path = request.model, request.path
         started = time.monotonic()
         if not identity.verifiable:
@@ -348,24 +378,20 @@ class Fetcher:
                 )
             )
             return None
-        found = await self.store.lookup(model, path, identity)
+        found = await self.store.lookup(model, path, identity, move_corrupt=final)
         latency = (time.monotonic() - started) * 1000
         if found.status == "hit" and found.verified is not None:
+            size, sha256 = found.verified.size, found.verified.sha256
             self._emit(AttemptEvent(model.name, path, "cache", "hit", latency_ms=latency))
             self._emit(
                 ProgressEvent(
-                    model.name,
-                    path,
-                    "cache",
-                    "success",
-                    bytes_downloaded=found.verified.size,
-                    total_bytes=found.verified.size,
+                    model.name, path, "cache", "success", bytes_downloaded=size, total_bytes=size
                 )
             )
-            return FileResult(
-                path, found.path, found.verified.size, found.verified.sha256, "cache", None, 0
-            )
-        kind = "CacheMiss" if found.status == "missing" else "HashMismatch"
+            return FileResult(path, found.path, size, sha256, "cache", None, 0)
+        if not final:
+            return None
+        kind = found.error_type or "CacheMiss"
         message = found.reason or "not in the models dir"
         self._emit(
             AttemptEvent(
@@ -381,34 +407,6 @@ class Fetcher:
         if found.status == "corrupt":
             attempts.append(Attempt("cache", None, kind, f"{message} (moved to .bak)"))
         return None
-
-    async def _locked_download(
-        self,
-        request: FileRequest,
-        source: Source,
-        identity: Identity,
-        attempts: list[Attempt],
-        done: list[int],
-    ) -> FileResult | None:
-        """Download under the file's cross-process lock; another process may finish first."""
-        lock = self.store.file_lock(request.model, request.path)
-        await self.store.acquire(lock, self.settings.wait_timeout)
-        try:
-            if "cache" in self.settings.order:
-                found = await self.store.lookup(request.model, request.path, identity)
-                if found.status == "hit" and found.verified is not None:
-                    return FileResult(
-                        request.path,
-                        found.path,
-                        found.verified.size,
-                        found.verified.sha256,
-                        "cache",
-                        None,
-                        0,
-                    )
-            return await self._download(request, source, identity, attempts, done)
-        finally:
-            await asyncio.to_thread(lock.release)
 
     async def _download(
         self,

@@ -56,6 +56,7 @@ class Lookup:
     path: Path
     verified: Verified | None = None
     reason: str | None = None
+    error_type: str | None = None  # why a present file was rejected
 
 
 class Partial:
@@ -137,7 +138,8 @@ class Store:
             lock_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(exc, lock_dir) from None
-        return FileLock(str(lock_dir / f"{self._key(model, path)}.lock"))
+        # thread_local=False: the lock is taken and released from different worker threads.
+        return FileLock(str(lock_dir / f"{self._key(model, path)}.lock"), thread_local=False)
 
     async def acquire(self, lock: FileLock, timeout: float) -> None:
         """Take `lock` without blocking the event loop."""
@@ -203,7 +205,7 @@ class Store:
         except VerificationError as exc:
             if move_corrupt:
                 await asyncio.to_thread(self._move_aside, final)
-            return Lookup("corrupt", final, reason=str(exc))
+            return Lookup("corrupt", final, reason=str(exc), error_type=type(exc).__name__)
         except OSError as exc:
             raise storage_error(exc, final) from None
         self._write_stamp(model, path, final, verified)
