@@ -147,3 +147,53 @@ def leftovers(models_dir: Path) -> list[Path]:
 
 
 Collect = Callable[[Any], None]
+
+
+# -- the fault matrix report (tests/faults) -------------------------------------------------
+
+_FAULT_ROWS: list[dict[str, str]] = []
+
+
+@pytest.fixture
+def checked(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record what a fault case verified, for the matrix table."""
+    notes: list[str] = []
+    request.node.stash[_CHECKS_KEY] = notes
+    return notes.append
+
+
+_CHECKS_KEY = pytest.StashKey[list[str]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    marker = item.get_closest_marker("fault")
+    if marker is not None and (report.when == "call" or report.failed):
+        outcome = "pass" if report.passed else ("skip" if report.skipped else "FAIL")
+        if report.when == "call" or outcome != "pass":
+            _FAULT_ROWS.append(
+                {
+                    "fault": marker.kwargs["name"],
+                    "expected": marker.kwargs["expected"],
+                    "checked": "; ".join(item.stash.get(_CHECKS_KEY, [])),
+                    "result": outcome,
+                }
+            )
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _FAULT_ROWS:
+        return
+    import json
+    import os
+
+    terminalreporter.write_sep("=", "fault matrix")
+    for row in _FAULT_ROWS:
+        terminalreporter.write_line(f"{row['result']:<5} {row['fault']:<34} -> {row['expected']}")
+        if row["checked"]:
+            terminalreporter.write_line(f"{'':6}checked: {row['checked']}")
+    target = os.environ.get("MODELFETCH_FAULT_REPORT")
+    if target:
+        Path(target).write_text(json.dumps(_FAULT_ROWS, indent=2))

@@ -421,6 +421,13 @@ class Fetcher:
             self.store.partial(model, path), identity, f"{model.name}/{path}", path
         )
         await receiving.resume_or_begin()
+        if identity.size is not None:
+            try:
+                self.store.ensure_space(receiving.partial.data, identity.size - receiving.offset)
+            except StorageError:
+                if not receiving.offset:
+                    receiving.partial.discard()
+                raise
         for origin in source.origins(request):
             got = await self._from_origin(request, origin, receiving, attempts, done)
             if got is not None:
@@ -518,7 +525,12 @@ class Fetcher:
             log.info("%s ignored the Range request: starting over", origin.base_url)
             receiving.restart()
         start = stream.offset
-        writer = PartialWriter(receiving.partial.data, receiving.digests, start=start)
+        writer = PartialWriter(
+            receiving.partial.data,
+            receiving.digests,
+            start=start,
+            expected_size=receiving.identity.size,
+        )
         meter = _Meter(self._emit, base)
         ticker = asyncio.ensure_future(_tick_every_second(meter))
         expected = receiving.identity.size

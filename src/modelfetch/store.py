@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,8 +35,11 @@ STATE_DIR = ".modelfetch"
 def storage_error(exc: OSError, path: Path, *, needed: int | None = None) -> StorageError:
     """Translate an OSError about `path` into DiskFull / ReadOnly / StorageError."""
     if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
-        more = f"; about {needed:,} more bytes are needed" if needed else ""
-        return DiskFull(f"no space left on the device holding {path}{more}: free some space")
+        more = f"; {needed:,} more bytes are needed" if needed else ""
+        return DiskFull(
+            f"no space left on the device while writing {path}{more}: free some space or "
+            "use another --dir (the partial download was removed)"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return ReadOnly(
             f"{path} is not writable ({exc.strerror}): check the models dir permissions"
@@ -130,6 +134,18 @@ class Store:
         key = self._key(model, path)
         base = self.state_dir / "partial"
         return Partial(base / f"{key}.part", base / f"{key}.json", f"{model.dir}/{path}")
+
+    def ensure_space(self, where: Path, needed: int) -> None:
+        """Fail before a transfer that cannot fit, rather than at 99 %."""
+        try:
+            free = shutil.disk_usage(where.parent).free
+        except OSError:
+            return  # cannot tell: the write itself will report a full disk
+        if needed > free:
+            raise DiskFull(
+                f"not enough space in {self.root}: {needed:,} bytes needed, {free:,} free; "
+                "free some space or use another --dir"
+            )
 
     def file_lock(self, model: ModelSpec, path: str) -> FileLock:
         """A cross-process lock for one file (flock: released when its holder dies)."""

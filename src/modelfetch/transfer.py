@@ -47,17 +47,20 @@ class PartialWriter:
     and the writing of batch N, and the event loop never waits on the disk or on SHA-256.
     """
 
-    def __init__(self, path: Path, digests: Digests, *, start: int) -> None:
+    def __init__(
+        self, path: Path, digests: Digests, *, start: int, expected_size: int | None = None
+    ) -> None:
         self.path = path
         self.digests = digests
         self.written = start
+        self.expected_size = expected_size
         self._unsynced = 0
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
             os.ftruncate(self._fd, start)
             os.lseek(self._fd, start, os.SEEK_SET)
         except OSError as exc:
-            raise storage_error(exc, path) from None
+            raise storage_error(exc, path, needed=self._still_needed()) from None
         self._pending: list[asyncio.Future[None]] = []
 
     async def write(self, chunks: list[bytes]) -> None:
@@ -93,7 +96,10 @@ class PartialWriter:
                     os.fdatasync(self._fd)
                 self._unsynced = 0
         except OSError as exc:
-            raise storage_error(exc, self.path) from None
+            raise storage_error(exc, self.path, needed=self._still_needed()) from None
+
+    def _still_needed(self) -> int | None:
+        return None if self.expected_size is None else max(0, self.expected_size - self.written)
 
     def sync_and_close(self) -> None:
         """Make the data durable before it is renamed into place (blocking)."""

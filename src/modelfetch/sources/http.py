@@ -50,8 +50,10 @@ def retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    try:
+        return max(0.0, float(value))  # RFC 9110 says whole seconds; be lenient
+    except ValueError:
+        pass
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
@@ -138,6 +140,17 @@ class _StallWatchdog:
         self._handle.cancel()
 
 
+def redirect_target(url: str, location: str) -> str:
+    """Where a redirect from `url` leads; refuses a downgrade to plain HTTP off loopback."""
+    target = urljoin(url, location)
+    scheme = urlsplit(target).scheme
+    if scheme not in ("http", "https"):
+        raise InsecureRedirect(f"{url} redirected to {target}: not an http(s) URL")
+    if url.startswith("https:") and scheme == "http" and not is_loopback(target):
+        raise InsecureRedirect(f"{url} redirected to plain HTTP {target}: refused")
+    return target
+
+
 def _why(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
@@ -175,11 +188,7 @@ async def request(
             resp.release()
             if not location:
                 raise HTTPStatus(resp.status, f"redirect without a Location from {url}")
-            target = urljoin(url, location)
-            if url.startswith("https:") and target.startswith("http:") and not is_loopback(target):
-                raise InsecureRedirect(f"{url} redirected to plain HTTP {target}: refused")
-            if urlsplit(target).scheme not in ("http", "https"):
-                raise InsecureRedirect(f"{url} redirected to {target}: not an http(s) URL")
+            target = redirect_target(url, location)
             if urlsplit(target).netloc != origin_host:
                 sent.pop("Authorization", None)
             url = target
