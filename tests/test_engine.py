@@ -438,3 +438,11 @@ async def test_every_attempt_is_recorded_in_the_models_dir(world: World) -> None
     }
     assert sum(1 for r in rows if r["status"] == "hit") == len(world.files)
     assert health["cache"]["hit_rate"] == 50.0
+
+
+async def test_files_come_from_the_commit_the_hub_reported(world: World) -> None:
+    result, _ = await pull(world, order=("cache", "huggingface"))
+    assert result.ok
+    commit = world.hub.commit(REPO)
+    gets = [p for m, p in world.hub.requests if m == "GET" and "/resolve/" in p]
+    assert gets and all(f"/resolve/{commit}/" in p for p in gets)

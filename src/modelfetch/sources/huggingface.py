@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from ..catalog import HuggingFaceRef
 from ..config import HuggingFaceSettings
 from ..errors import SourceError, Unverifiable
 from ..events import Layer
@@ -85,6 +86,9 @@ class HuggingFaceSource:
 
     def __init__(self, settings: HuggingFaceSettings) -> None:
         self.settings = settings
+        # Branch -> commit as the hub reported it (X-Repo-Commit): once known, every file of
+        # the model is fetched from that one commit, even if the branch moves meanwhile.
+        self._commits: dict[HuggingFaceRef, str] = {}
 
     def url(self, request: FileRequest) -> str | None:
         ref = request.model.huggingface
@@ -92,7 +96,7 @@ class HuggingFaceSource:
             return None
         prefix = "datasets/" if ref.type == "dataset" else ""
         path = quote(ref.repo_path(request.path))
-        revision = quote(ref.revision, safe="")
+        revision = quote(self._commits.get(ref, ref.revision), safe="")
         return f"{self.settings.endpoint}/{prefix}{ref.repo}/resolve/{revision}/{path}"
 
     def _headers(self) -> dict[str, str]:
@@ -115,15 +119,21 @@ class HuggingFaceSource:
         last: SourceError | None = None
         for attempt in range(origin.tries):
             try:
-                return await self._head(session, origin)
+                identity, commit = await self._head(session, origin)
             except SourceError as exc:
                 last = exc
                 if not exc.retryable or attempt + 1 == origin.tries:
                     raise
                 await sleep_for_retry(origin.delay(attempt, exc))
+                continue
+            if commit and request.model.huggingface is not None:
+                self._commits.setdefault(request.model.huggingface, commit)
+            return identity
         raise last or SourceError("no try was made")
 
-    async def _head(self, session: aiohttp.ClientSession, origin: HuggingFaceOrigin) -> Identity:
+    async def _head(
+        self, session: aiohttp.ClientSession, origin: HuggingFaceOrigin
+    ) -> tuple[Identity, str | None]:
         # Redirects are followed only while they stay on the hub (renamed repos); the LFS
         # redirect to the CDN carries the X-Linked-* headers we came for, so stop there.
         def same_host_redirect(resp: aiohttp.ClientResponse) -> bool:
@@ -142,7 +152,8 @@ class HuggingFaceSource:
             describe=describe_hub_error,
         )
         try:
-            return _identity_from_headers(resp)
+            commit = resp.headers.get("X-Repo-Commit", "").strip().lower()
+            return _identity_from_headers(resp), commit if _is_hex(commit, 40) else None
         finally:
             resp.release()
 
@@ -155,7 +166,7 @@ def _identity_from_headers(resp: aiohttp.ClientResponse) -> Identity:
     size = int(size_text) if size_text and size_text.isdigit() else None
     if linked and is_sha256(linked):
         return Identity(size=size, sha256=linked, evidence="huggingface")
-    if etag and len(etag) == 40 and all(c in "0123456789abcdef" for c in etag):
+    if etag and _is_hex(etag, 40):
         return Identity(size=size, git_sha1=etag, evidence="huggingface")
     if etag and is_sha256(etag):
         return Identity(size=size, sha256=etag, evidence="huggingface")
@@ -163,6 +174,10 @@ def _identity_from_headers(resp: aiohttp.ClientResponse) -> Identity:
         f"the hub gave no usable hash for {resp.url} (ETag {json.dumps(etag)}): "
         "cannot verify the file; add it to the manifest"
     )
+
+
+def _is_hex(value: str, length: int) -> bool:
+    return len(value) == length and all(c in "0123456789abcdef" for c in value)
 
 
 def _unquote_etag(value: str | None) -> str | None:
