@@ -38,6 +38,8 @@ from .transfer import PartialWriter, receive, rehash_prefix
 
 log = logging.getLogger(__name__)
 
+EVIDENCE_RANK = {"huggingface": 0, "ipfs": 1}
+
 
 @dataclass(frozen=True)
 class FileResult:
@@ -273,7 +275,7 @@ class Fetcher:
             ) from None
 
     async def _fetch_once(self, model: ModelSpec, path: str, done: list[int]) -> FileResult:
-        request = FileRequest(model, path)
+        request = FileRequest(model, path, await self._model_cid(model))
         known = await self._cached_by_manifest(request)
         if known is not None:
             return known
@@ -285,6 +287,15 @@ class Fetcher:
             return await self._through_layers(request, done)
         finally:
             await asyncio.to_thread(lock.release)
+
+    async def _model_cid(self, model: ModelSpec) -> str | None:
+        """The model's IPFS directory CID: configured, published (manifest), or recorded."""
+        if model.ipfs is not None:
+            return model.ipfs.cid
+        cid = await asyncio.to_thread(self.store.manifest.ipfs_cid, model.name)
+        if cid is None and self.records is not None:
+            cid = await asyncio.to_thread(self.records.cid_for_model, model.name)
+        return cid
 
     async def _cached_by_manifest(self, request: FileRequest) -> FileResult | None:
         """Fast path: a file the manifest vouches for, verified in place (no lock, no network)."""
@@ -340,7 +351,9 @@ class Fetcher:
         identity = Identity(entry.size, entry.sha256, evidence="manifest") if entry else Identity()
         if identity.sha256:
             return identity
-        for source in self._sources.values():
+        # DESIGN's order of evidence: the hub's hashes before a CID, whatever the layer order.
+        ranked = sorted(self._sources.values(), key=lambda s: EVIDENCE_RANK.get(s.layer, 9))
+        for source in ranked:
             if not source.origins(request):
                 continue
             try:
@@ -429,7 +442,7 @@ class Fetcher:
                     receiving.partial.discard()
                 raise
         for origin in source.origins(request):
-            got = await self._from_origin(request, origin, receiving, attempts, done)
+            got = await self._from_origin(request, source, origin, receiving, attempts, done)
             if got is not None:
                 return got
         if not receiving.offset:
@@ -439,6 +452,7 @@ class Fetcher:
     async def _from_origin(
         self,
         request: FileRequest,
+        source: Source,
         origin: Origin,
         receiving: _Receiving,
         attempts: list[Attempt],
@@ -468,6 +482,7 @@ class Fetcher:
                 self._attempt_failed(
                     request, origin.layer, origin.base_url, exc, attempts, started, fetched[0], base
                 )
+                self._note_cid_fetch(request, origin, ok=False)
                 if isinstance(exc, StorageError):
                     receiving.partial.discard()
                     raise
@@ -475,6 +490,7 @@ class Fetcher:
                     receiving.start_over()
                     if resumed_from:
                         continue  # the kept prefix may be what was wrong: once more from 0
+                    source.distrust(origin.base_url)
                     return None
                 failures += 1
                 if not exc.retryable or failures == origin.tries:
@@ -485,6 +501,7 @@ class Fetcher:
                 self.store.install, model, path, receiving.partial, verified
             )
             latency = (time.monotonic() - started) * 1000
+            self._note_cid_fetch(request, origin, ok=True)
             self._emit(
                 AttemptEvent(
                     model.name,
@@ -516,6 +533,13 @@ class Fetcher:
                 fetched[0],
             )
         return None
+
+    def _note_cid_fetch(self, request: FileRequest, origin: Origin, *, ok: bool) -> None:
+        """Keep the ipfs_cids counts true: every fetch through a gateway counts."""
+        if origin.layer == "ipfs" and request.ipfs_cid and self.records is not None:
+            self.records.record_cid_fetch(
+                request.model.name, request.ipfs_cid, ok, gateway_url=origin.base_url
+            )
 
     async def _try_origin(
         self, origin: Origin, receiving: _Receiving, base: ProgressEvent, fetched: list[int]

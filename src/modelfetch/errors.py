@@ -52,6 +52,10 @@ class HTTPStatus(SourceError):
         self.retryable = status in (408, 429) or status >= 500
 
 
+class Truncated(ConnectFailed):
+    """The answer ended before all its data arrived; what did arrive can be resumed from."""
+
+
 class TooManyRedirects(SourceError):
     """The origin redirected too many times (a redirect loop)."""
 

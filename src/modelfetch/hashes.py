@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import HashMismatch, SizeMismatch
+from .ipfs.verify import CidCheck
 
 HASH_BLOCK = 1 << 20
 
@@ -30,7 +31,7 @@ class Identity:
 
     @property
     def verifiable(self) -> bool:
-        return bool(self.sha256 or self.git_sha1)
+        return bool(self.sha256 or self.git_sha1 or self.cid)
 
     def merged(self, other: Identity) -> Identity:
         """This identity, with gaps filled from `other` (weaker evidence never overrides)."""
@@ -72,6 +73,9 @@ class Digests:
         if identity.git_sha1 and not identity.sha256 and identity.size is not None:
             self._git_sha1 = hashlib.sha1(f"blob {identity.size}\0".encode())
         self._checks = list(checks)
+        if identity.cid and not identity.sha256 and not identity.git_sha1:
+            # Known by its CID alone: recompute it (an extra hash pass only in this case).
+            self._checks.append(CidCheck(identity.cid, name=name))
 
     def update(self, data: bytes | memoryview) -> None:
         self.size += len(data)

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import BinaryIO, Final
 
-from modelfetch.errors import BadBlock
+from modelfetch.errors import BadBlock, Truncated
 from modelfetch.ipfs.car import AsyncCarReader, read_car
 from modelfetch.ipfs.cid import Cid
 
@@ -135,7 +135,7 @@ class CarStreamBlocks:
                         f"CAR stream: over {self._max} bytes of blocks arrived before {cid} "
                         "was sent (wrong order or unrelated data)"
                     )
-        raise BadBlock(f"block {cid} is missing: the CAR stream ended without it")
+        raise Truncated(f"block {cid} is missing: the CAR stream ended without it")
 
     async def check_complete(self) -> None:
         """Read to the end; BadBlock if blocks were sent that the walk never used."""

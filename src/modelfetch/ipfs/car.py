@@ -7,7 +7,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Final, NamedTuple
 
-from modelfetch.errors import BadBlock
+from modelfetch.errors import BadBlock, Truncated
 from modelfetch.ipfs.cid import Cid, decode_varint, encode_varint, verify_block
 
 #: Largest section (CID + block) accepted: blocks are at most 2 MiB in practice (bitswap limit).
@@ -317,7 +317,10 @@ class AsyncCarReader:
             chunk = await self._chunks.__anext__()
         except StopAsyncIteration:
             self._ended = True
-            self._parser.close()
+            try:
+                self._parser.close()
+            except BadBlock as exc:  # a stream cut short: what came is good, ask for the rest
+                raise Truncated(str(exc)) from None
             return False
         self._pending.extend(self._parser.feed(chunk))
         return True

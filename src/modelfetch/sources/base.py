@@ -54,6 +54,7 @@ class FileRequest:
 
     model: ModelSpec
     path: str
+    ipfs_cid: str | None = None  # the model's directory CID, wherever the engine learned it
 
 
 class Source(Protocol):
@@ -70,4 +71,8 @@ class Source(Protocol):
         self, session: aiohttp.ClientSession, request: FileRequest
     ) -> Identity | None:
         """Evidence of what the file must be (size, hashes), or None when this source has none."""
+        ...
+
+    def distrust(self, base_url: str) -> None:
+        """`base_url` sent bytes that failed verification: do not offer it again this run."""
         ...

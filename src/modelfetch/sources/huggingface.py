@@ -99,6 +99,9 @@ class HuggingFaceSource:
         revision = quote(self._commits.get(ref, ref.revision), safe="")
         return f"{self.settings.endpoint}/{prefix}{ref.repo}/resolve/{revision}/{path}"
 
+    def distrust(self, base_url: str) -> None:
+        """The hub stays in use: a mismatch there more likely means a stale manifest."""
+
     def _headers(self) -> dict[str, str]:
         token = self.settings.token
         return {"Authorization": f"Bearer {token}"} if token else {}

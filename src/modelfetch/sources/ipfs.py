@@ -1,34 +1,64 @@
-"""IPFS path gateways as a source: `<gateway>/ipfs/<cid>/<path>`, tried in order."""
+"""IPFS gateways as a source: verified blocks and CARs where offered, else plain paths.
+
+A gateway that answers `?format=raw` for the probe CID is used as a trustless gateway: the
+file's CID is resolved from the model's directory CID block by block, and the bytes come
+from a CAR (`?format=car&dag-scope=entity&entity-bytes=<offset>:*`) whose every block is
+re-hashed against its CID before it is written. Other gateways are path gateways
+(`<gateway>/ipfs/<cid>/<path>`): their bytes prove nothing and are checked against the
+file's identity (SHA-256, or the recomputed CID) like any other source's.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import quote
 
 import aiohttp
 
 from ..config import IPFSSettings
-from ..errors import SourceError
+from ..errors import BadBlock, HTTPStatus, SourceError
 from ..events import Layer
 from ..hashes import Identity
+from ..ipfs.cid import Cid
+from ..ipfs.dagfile import DagReader, iter_car_stream_file
 from .base import ByteStream, FileRequest
-from .http import open_range
+from .http import HTTPByteStream, open_range, request
+
+PROBE_CID = "bafkqaaa"  # the empty identity CID: every gateway can answer it without a lookup
+RAW = "application/vnd.ipld.raw"
+CAR = "application/vnd.ipld.car"
+Mode = Literal["trustless", "path"]
 
 
 @dataclass
 class GatewayOrigin:
     """One gateway for one file: `retries` tries with a fixed pause between them."""
 
-    settings: IPFSSettings
+    source: IPFSGatewaySource
     base_url: str
-    url: str
+    root: str  # the model's directory CID
+    path: str
     layer: Layer = "ipfs"
+
+    @property
+    def settings(self) -> IPFSSettings:
+        return self.source.settings
 
     @property
     def tries(self) -> int:
         return self.settings.retries
 
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/ipfs/{self.root}/{quote(self.path)}"
+
     async def open(self, session: aiohttp.ClientSession, offset: int) -> ByteStream:
+        if await self.source.mode(session, self.base_url) == "trustless":
+            file_cid = await self.source.resolve(session, self.base_url, self.root, self.path)
+            return await self._open_car(session, file_cid, offset)
         return await open_range(
             session,
             self.url,
@@ -37,35 +67,141 @@ class GatewayOrigin:
             stall_timeout=self.settings.timeout,
         )
 
+    async def _open_car(
+        self, session: aiohttp.ClientSession, file_cid: Cid, offset: int
+    ) -> ByteStream:
+        url = f"{self.base_url}/ipfs/{file_cid}?format=car&dag-scope=entity&entity-bytes={offset}:*"
+        resp = await request(
+            session,
+            "GET",
+            url,
+            headers={"Accept": f"{CAR};version=1;order=dfs;dups=n"},
+            connect_timeout=self.settings.connect_timeout,
+            stall_timeout=self.settings.timeout,
+        )
+        if not resp.headers.get("Content-Type", "").startswith(CAR):
+            resp.release()
+            raise HTTPStatus(502, f"{url} did not answer with a CAR")
+        return VerifiedCarStream(HTTPByteStream(resp, 0, self.settings.timeout), file_cid, offset)
+
     def delay(self, attempt: int, error: SourceError) -> float:
         return self.settings.pause
 
 
+class VerifiedCarStream:
+    """The bytes of a file rebuilt from a CAR response, every block checked against its CID."""
+
+    content_type = CAR
+
+    def __init__(self, body: HTTPByteStream, file_cid: Cid, offset: int) -> None:
+        self._body = body
+        self._cid = file_cid
+        self.url = body.url
+        self.offset = offset
+        self.length: int | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for piece in iter_car_stream_file(self._body.chunks(), self._cid, offset=self.offset):
+            yield piece
+
+    def close(self) -> None:
+        self._body.close()
+
+
+@dataclass
 class IPFSGatewaySource:
-    """A model published as one IPFS directory, fetched through path gateways."""
+    """A model published as one IPFS directory, fetched through the configured gateways."""
 
+    settings: IPFSSettings
     layer: Layer = "ipfs"
-
-    def __init__(self, settings: IPFSSettings, cids: dict[str, str] | None = None) -> None:
-        self.settings = settings
-        self._cids = dict(cids or {})  # model name -> directory CID learned elsewhere
-
-    def cid(self, request: FileRequest) -> str | None:
-        if request.model.ipfs is not None:
-            return request.model.ipfs.cid
-        return self._cids.get(request.model.name)
+    _modes: dict[str, asyncio.Future[Mode]] = field(default_factory=dict)
+    _resolved: dict[tuple[str, str], Cid] = field(default_factory=dict)
+    _distrusted: set[str] = field(default_factory=set)
 
     def origins(self, request: FileRequest) -> list[GatewayOrigin]:
-        cid = self.cid(request)
-        if cid is None:
+        if request.ipfs_cid is None:
             return []
-        path = quote(request.path)
         return [
-            GatewayOrigin(self.settings, gateway, f"{gateway}/ipfs/{cid}/{path}")
+            GatewayOrigin(self, gateway, request.ipfs_cid, request.path)
             for gateway in self.settings.gateways
+            if gateway not in self._distrusted
         ]
+
+    def distrust(self, base_url: str) -> None:
+        """A gateway caught sending bad data is not asked again in this run."""
+        self._distrusted.add(base_url)
+
+    async def mode(self, session: aiohttp.ClientSession, gateway: str) -> Mode:
+        """Whether `gateway` serves verifiable blocks (probed once per run)."""
+        if gateway not in self._modes:
+            self._modes[gateway] = asyncio.ensure_future(self._probe(session, gateway))
+        return await asyncio.shield(self._modes[gateway])
+
+    async def _probe(self, session: aiohttp.ClientSession, gateway: str) -> Mode:
+        try:
+            resp = await request(
+                session,
+                "GET",
+                f"{gateway}/ipfs/{PROBE_CID}?format=raw",
+                headers={"Accept": RAW},
+                connect_timeout=self.settings.connect_timeout,
+                stall_timeout=self.settings.timeout,
+            )
+        except SourceError:
+            return "path"  # the real request will fail, or succeed, on its own terms
+        resp.release()
+        return "trustless" if resp.headers.get("Content-Type", "").startswith(RAW) else "path"
+
+    async def block(self, session: aiohttp.ClientSession, gateway: str, cid: Cid) -> bytes:
+        """One raw block (`?format=raw`); the caller verifies it against `cid`."""
+        resp = await request(
+            session,
+            "GET",
+            f"{gateway}/ipfs/{cid}?format=raw",
+            headers={"Accept": RAW},
+            connect_timeout=self.settings.connect_timeout,
+            stall_timeout=self.settings.timeout,
+        )
+        try:
+            return await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SourceError(f"{gateway}: block {cid}: {exc}") from None
+        finally:
+            resp.release()
+
+    async def resolve(
+        self, session: aiohttp.ClientSession, gateway: str, root: str, path: str
+    ) -> Cid:
+        """The CID of `<root>/<path>`, walking verified directory blocks from `gateway`."""
+        key = (root, path)
+        if key not in self._resolved:
+
+            async def get(cid: Cid) -> bytes:
+                return await self.block(session, gateway, cid)
+
+            self._resolved[key] = await DagReader(get).resolve(root, path)
+        return self._resolved[key]
 
     async def identity(
         self, session: aiohttp.ClientSession, request: FileRequest
     ) -> Identity | None:
-        return None  # a path gateway's answer proves nothing about the bytes
+        """The file's CID and size, from the first trustless gateway that can resolve it."""
+        if request.ipfs_cid is None:
+            return None
+        for gateway in self.settings.gateways:
+            if gateway in self._distrusted or await self.mode(session, gateway) != "trustless":
+                continue
+            try:
+                cid = await self.resolve(session, gateway, request.ipfs_cid, request.path)
+
+                async def get(c: Cid, gateway: str = gateway) -> bytes:
+                    return await self.block(session, gateway, c)
+
+                entry = await DagReader(get).stat(cid)
+            except BadBlock:
+                self.distrust(gateway)
+                continue
+            except SourceError:
+                continue
+            return Identity(size=entry.size, cid=str(cid), evidence="ipfs")
+        return None
