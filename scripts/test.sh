@@ -11,11 +11,21 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
 
-# Extra system and npm dependencies of later test suites hook in here.
-if [ -x scripts/ipfs-node.sh ]; then
-  scripts/ipfs-node.sh install
-  export MODELFETCH_REQUIRE_IPFS_NODE="${MODELFETCH_REQUIRE_IPFS_NODE:-1}"
+# System packages the tests drive: Node.js/npm (a real IPFS node), curl (benchmarks).
+need_apt=()
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  else
+    echo "missing system packages: ${need_apt[*]} (install them, e.g. with sudo apt-get)" >&2
+  fi
 fi
+
+# A real js-ipfs node for the IPFS tests, from the committed lock file (cached).
+scripts/ipfs-node.sh install
+export MODELFETCH_REQUIRE_IPFS_NODE="${MODELFETCH_REQUIRE_IPFS_NODE:-1}"
 
 echo "== ruff"
 .venv/bin/ruff check src tests bench
