@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich import box
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .config import LAYERS, Settings, load_settings
 from .engine import Fetcher, ModelResult
-from .errors import AllSourcesFailed, ConfigError, ModelfetchError
+from .errors import ConfigError, ModelfetchError, error_report
 from .inventory import inspect_model
 from .manifest import MANIFEST_NAME, generate
 from .progress import ProgressDisplay
+from .records import Records
+from .sources.ipfs import GatewayStatus
 from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -139,26 +146,6 @@ async def _pull(settings: Settings, names: list[str]) -> list[ModelResult]:
             return await fetcher.pull(names)
 
 
-def error_dict(model: str, exc: ModelfetchError) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "model": model,
-        "error_type": type(exc).__name__,
-        "message": str(exc).splitlines()[0],
-    }
-    if isinstance(exc, AllSourcesFailed):
-        item["file"] = exc.path
-        item["attempts"] = [
-            {
-                "layer": a.layer,
-                "gateway": a.origin,
-                "error_type": a.error_type,
-                "message": a.message,
-            }
-            for a in exc.attempts
-        ]
-    return item
-
-
 def pull_document(results: list[ModelResult]) -> dict[str, Any]:
     return {
         "ok": all(r.ok for r in results),
@@ -170,7 +157,7 @@ def pull_document(results: list[ModelResult]) -> dict[str, Any]:
             }
             for r in results
         ],
-        "errors": [error_dict(r.name, e) for r in results for e in r.errors],
+        "errors": [error_report(r.name, e) for r in results for e in r.errors],
     }
 
 
@@ -302,6 +289,87 @@ def manifest_generate(
     out.print(f"{name}: {len(files)} file(s), {human_bytes(total)} recorded in {manifest_file}")
 
 
+# -- IPFS --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option(
+    "--cid-version",
+    type=click.Choice(["0", "1"]),
+    default="0",
+    show_default=True,
+    help="0 = kubo's defaults; 1 = kubo's --cid-version=1 (raw leaves).",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["unixfs-v0-2015", "unixfs-v1-2025"]),
+    default=None,
+    help="A named import profile (wins over --cid-version).",
+)
+@common_options
+@handle_errors
+def cid(
+    target: Path,
+    cid_version: str,
+    profile: str | None,
+    config_file: Path | None,
+    models_dir: Path | None,
+) -> None:
+    """Print the CID of FILE or DIR exactly as `ipfs add --only-hash` computes it."""
+    from .ipfs.importer import cid_of_path
+
+    if not target.exists():
+        raise ConfigError(f"{target} does not exist")
+    try:
+        value = cid_of_path(target, cid_version=int(cid_version), profile=profile)
+    except ValueError as exc:  # a FIFO, a device, a directory too big to shard here
+        raise ConfigError(f"{target}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{target}: {exc.strerror}") from None
+    out.print(value, markup=False, highlight=False)
+
+
+@main.group()
+def gateways() -> None:
+    """Inspect the configured IPFS gateways."""
+
+
+@gateways.command("check")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_context
+@handle_errors
+def gateways_check(
+    ctx: click.Context, config_file: Path | None, models_dir: Path | None, as_json: bool
+) -> None:
+    """Probe each gateway (/ipfs/bafkqaaa): status, latency, trustless support."""
+    settings = settings_from(ctx, config_file, models_dir)
+    results = run(_check_gateways(settings))
+    if as_json:
+        out.print_json(json.dumps({"gateways": [r.to_dict() for r in results]}))
+    else:
+        for r in results:
+            state = "[green]up[/]  " if r.ok else "[red]down[/]"
+            latency = f"{r.latency_ms:7.1f} ms" if r.latency_ms is not None else "      -   "
+            kind = "trustless" if r.trustless else "path     "
+            out.print(f"{state} {latency}  {kind}  {r.url}  [dim]{r.detail}[/]")
+    sys.exit(EXIT_OK if any(r.ok for r in results) else EXIT_FAILED)
+
+
+async def _check_gateways(settings: Settings) -> list[GatewayStatus]:
+    import aiohttp
+
+    from .sources.ipfs import check_gateway
+
+    async with aiohttp.ClientSession() as session:
+        return list(
+            await asyncio.gather(
+                *(check_gateway(session, g, settings.ipfs) for g in settings.ipfs.gateways)
+            )
+        )
+
+
 # -- demo --------------------------------------------------------------------------------
 
 
@@ -315,3 +383,410 @@ def demo(ctx: click.Context, config_file: Path | None, models_dir: Path | None) 
 
     root = ctx.find_root().obj or {}
     sys.exit(run_demo(out, err, models_dir or root.get("models_dir")))
+
+
+# == metrics and serve ===================================================================
+# Download records of the models dir, and the HTTP service (src/modelfetch/server/).
+
+RECENT_ROWS = 50  # rows `metrics list` shows in its table unless --limit says otherwise
+
+
+def _open_records(settings: Settings) -> Records:
+    return Records(settings.records_path, retention=timedelta(hours=settings.retention_hours))
+
+
+@main.group("metrics")
+def metrics_group() -> None:
+    """Download records of the models dir: list, summary, health, reset."""
+
+
+@metrics_group.command("list")
+@common_options
+@click.option(
+    "--since",
+    default=None,
+    help="Only attempts since then: ISO time (2024-05-01T10:00Z), Unix ms, or 15m, 2h, 1d.",
+)
+@click.option("--layer", type=click.Choice(LAYERS), default=None, help="Only this layer.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"At most N rows, newest first (default: all with --json, {RECENT_ROWS} otherwise).",
+)
+@click.option("--json", "as_json", is_flag=True, help='Print {"metrics": [...]} on stdout.')
+@click.pass_context
+@handle_errors
+def metrics_list(
+    ctx: click.Context,
+    config_file: Path | None,
+    models_dir: Path | None,
+    since: str | None,
+    layer: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Recorded download attempts, newest first."""
+    from .server.params import parse_since
+
+    try:
+        since_at = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    settings = settings_from(ctx, config_file, models_dir)
+    wanted = limit if limit is not None or as_json else RECENT_ROWS + 1
+    with _open_records(settings) as records:
+        rows = records.attempts(since_at, layer, wanted)
+    if as_json:
+        out.print_json(json.dumps({"metrics": rows}))
+        return
+    more = limit is None and len(rows) > RECENT_ROWS
+    render_attempts(rows[:RECENT_ROWS] if more else rows)
+    if more:
+        err.print(f"(newest {RECENT_ROWS} shown; use --limit N or --json for more)")
+
+
+def render_attempts(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        out.print("no download attempts recorded")
+        return
+    table = _table()
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("model/file", overflow="fold", ratio=2)
+    table.add_column("source", overflow="fold", ratio=2)
+    table.add_column("status", no_wrap=True)
+    table.add_column("latency", justify="right", no_wrap=True)
+    table.add_column("bytes", justify="right", no_wrap=True)
+    table.add_column("error", overflow="fold", ratio=3)
+    for row in rows:
+        error = ": ".join(str(x) for x in (row["error_type"], row["error_message"]) if x)
+        latency = row["latency_ms"]
+        gateway = str(row["gateway"] or "").split("://", 1)[-1]
+        source = " ".join(x for x in (row["layer"] or "all layers", gateway) if x)
+        status = str(row["status"])
+        table.add_row(
+            str(row["timestamp"]).replace("T", " ")[5:19],
+            Text(f"{row['model']}/{row['file']}"),
+            Text(source),
+            Text(status, style=_STATUS_STYLE.get(status, "")),
+            "" if latency is None else f"{latency:,.0f} ms",
+            human_bytes(int(row["bytes_downloaded"])) if row["bytes_downloaded"] else "",
+            Text(error),
+        )
+    out.print(table)
+
+
+def _table() -> Table:
+    return Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+
+
+_STATUS_STYLE = {
+    "hit": "green",
+    "success": "green",
+    "healthy": "green",
+    "error": "red",
+    "exhausted": "bold red",
+    "down": "bold red",
+    "degraded": "yellow",
+    "unknown": "dim",
+}
+
+
+@metrics_group.command("summary")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_context
+@handle_errors
+def metrics_summary(
+    ctx: click.Context, config_file: Path | None, models_dir: Path | None, as_json: bool
+) -> None:
+    """Counts of attempts per layer over the retention window."""
+    settings = settings_from(ctx, config_file, models_dir)
+    with _open_records(settings) as records:
+        summary = records.summary()
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    table = _table()
+    table.add_column("layer")
+    table.add_column("success", justify="right")
+    table.add_column("error", justify="right")
+    table.add_column("avg latency", justify="right")
+    for layer in ("ipfs", "huggingface"):
+        entry = summary.get(layer, {})
+        table.add_row(
+            layer,
+            str(entry.get("success", 0)),
+            str(entry.get("error", 0)),
+            f"{entry.get('avg_latency', 0):,.1f} ms",
+        )
+    table.add_row(
+        "cache",
+        f"{summary['cache_hits']} hits",
+        f"{summary.get('cache_misses', 0)} misses",
+        "",
+    )
+    out.print(table)
+    out.print(
+        f"{summary['total']} attempt(s) in the last {summary.get('window_hours', 24):g} h; "
+        f"{summary.get('exhausted', 0)} file(s) failed on every layer; "
+        f"{human_bytes(int(summary.get('bytes_downloaded', 0)))} downloaded",
+        markup=False,
+    )
+
+
+@metrics_group.command("health")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the health report as JSON.")
+@click.pass_context
+@handle_errors
+def metrics_health(
+    ctx: click.Context, config_file: Path | None, models_dir: Path | None, as_json: bool
+) -> None:
+    """Health of each layer and gateway over the retention window."""
+    settings = settings_from(ctx, config_file, models_dir)
+    with _open_records(settings) as records:
+        health = records.health()
+    if as_json:
+        out.print_json(json.dumps(health))
+        return
+    table = _table()
+    table.add_column("layer / gateway")
+    table.add_column("status")
+    table.add_column("success", justify="right")
+    table.add_column("avg latency", justify="right")
+    table.add_column("p95 latency", justify="right")
+    table.add_column("attempts", justify="right")
+
+    def row(label: str, entry: dict[str, Any]) -> None:
+        status = str(entry.get("status", "unknown"))
+        table.add_row(
+            Text(label),
+            Text(status, style=_STATUS_STYLE.get(status, "")),
+            f"{entry.get('success_rate', 0):.1f} %",
+            f"{entry.get('avg_latency_ms', 0):,.1f} ms",
+            f"{entry.get('p95_latency_ms', 0):,.1f} ms",
+            str(entry.get("attempts", 0)),
+        )
+
+    for layer in ("ipfs", "huggingface"):
+        entry = health.get(layer, {})
+        row(layer, entry)
+        for gateway, gw_entry in entry.get("gateways", {}).items():
+            row(f"  {gateway}", gw_entry)
+    out.print(table)
+    cache = health.get("cache", {})
+    out.print(
+        f"cache hit rate {cache.get('hit_rate', 0):.1f} % "
+        f"({cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses)",
+        markup=False,
+    )
+
+
+@metrics_group.command("reset")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok": true, "message": ...}.')
+@click.pass_context
+@handle_errors
+def metrics_reset(
+    ctx: click.Context, config_file: Path | None, models_dir: Path | None, as_json: bool
+) -> None:
+    """Forget every recorded attempt and finished download (running ones stay)."""
+    settings = settings_from(ctx, config_file, models_dir)
+    with _open_records(settings) as records:
+        records.reset()
+    if as_json:
+        out.print_json(json.dumps({"ok": True, "message": "Metrics reset"}))
+    else:
+        out.print(f"Metrics reset ({settings.records_path})", markup=False)
+
+
+@main.command("serve")
+@common_options
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but loopback needs a token.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="TCP port (0: any free port, printed at start).",
+)
+@click.option(
+    "--token",
+    envvar="MODELFETCH_TOKEN",
+    default=None,
+    help="Bearer token the API requires (default: $MODELFETCH_TOKEN, which keeps it out of ps).",
+)
+@click.pass_context
+@handle_errors
+def serve_command(
+    ctx: click.Context,
+    config_file: Path | None,
+    models_dir: Path | None,
+    host: str,
+    port: int,
+    token: str | None,
+) -> None:
+    """Serve the REST API, WebSocket progress and /metrics under /gm until Ctrl-C."""
+    from .server import run_server
+
+    settings = settings_from(ctx, config_file, models_dir)
+    token = token.strip() if token and token.strip() else None
+
+    def ready(url: str) -> None:
+        auth = "; bearer token required" if token else ""
+        out.print(f"modelfetch serving on {url} (Ctrl-C to stop{auth})", markup=False)
+
+    with contextlib.suppress(KeyboardInterrupt):  # where signal handlers are not available
+        run_server(settings, host, port, token, on_ready=ready)
+    err.print("stopped")
+
+
+# == publish ============================================================================
+# `modelfetch publish`: a verified model to kubo, Pinata or a pinning service
+# (src/modelfetch/ipfs/publish.py), then its CID into the manifest and the records.
+
+
+@main.command("publish")
+@click.argument("model")
+@common_options
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["kubo", "pinata", "psa"]),
+    required=True,
+    help="kubo RPC (/api/v0/add), Pinata (pinFileToIPFS) or an IPFS Pinning Service API.",
+)
+@click.option(
+    "--endpoint",
+    default=None,
+    metavar="URL",
+    help="Service base URL. Default: $MODELFETCH_KUBO_API or http://127.0.0.1:5001; "
+    "$MODELFETCH_PINATA_API or https://api.pinata.cloud; $MODELFETCH_PSA_ENDPOINT or "
+    "https://api.pinata.cloud/psa.",
+)
+@click.option(
+    "--cid-version",
+    type=click.IntRange(0, 1),
+    default=1,
+    show_default=True,
+    help="0: kubo's defaults (Qm…); 1: raw leaves (bafy…).",
+)
+@click.option(
+    "--profile",
+    default=None,
+    metavar="NAME",
+    help="unixfs-v0-2015, cid-version-1 or unixfs-v1-2025 (wins over --cid-version).",
+)
+@click.option(
+    "--origin",
+    "origins",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="psa: address of an IPFS node that has the content, for the service to fetch "
+    "from (repeatable). The service pins by CID only.",
+)
+@click.option(
+    "--gateway",
+    "gateway_url",
+    default=None,
+    metavar="URL",
+    help="Gateway URL to record with the CID (Pinata's by default for Pinata).",
+)
+@click.option(
+    "--timeout",
+    "pin_timeout",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="psa: seconds to wait for the pin request to reach 'pinned'.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")
+@click.pass_context
+@handle_errors
+def publish_command(
+    ctx: click.Context,
+    model: str,
+    config_file: Path | None,
+    models_dir: Path | None,
+    target: str,
+    endpoint: str | None,
+    cid_version: int,
+    profile: str | None,
+    origins: tuple[str, ...],
+    gateway_url: str | None,
+    pin_timeout: float,
+    as_json: bool,
+) -> None:
+    """Publish MODEL's verified files to IPFS and record the CID for the next pull.
+
+    The directory CID is computed locally first and printed; a service that reports another
+    CID fails the command and nothing is recorded. Credentials come from the environment
+    only (never logged): PINATA_JWT, or PINATA_API_KEY + PINATA_SECRET_KEY, for Pinata;
+    MODELFETCH_PSA_TOKEN (PINATA_JWT for Pinata's) for a pinning service;
+    MODELFETCH_KUBO_TOKEN if the kubo RPC needs one.
+    """
+    from .ipfs.publish import LocalModel, publish
+
+    settings = settings_from(ctx, config_file, models_dir)
+    settings.model(model)  # an unknown name fails before anything is hashed
+    local_cid: list[str] = []
+
+    def show_local(local: LocalModel) -> None:
+        local_cid.append(local.cid)
+        if not as_json:
+            out.print(
+                f"local CID  {local.cid}  ({local.spec.name}: {len(local.files)} file(s), "
+                f"{human_bytes(local.total_bytes)}, {local.profile.name})",
+                markup=False,
+            )
+
+    try:
+        result = run(
+            publish(
+                settings,
+                model,
+                to=target,  # type: ignore[arg-type]  # click.Choice checked it
+                cid_version=cid_version,
+                profile=profile,
+                endpoint=endpoint,
+                origins=origins,
+                gateway_url=gateway_url,
+                pin_timeout=pin_timeout,
+                on_local=show_local,
+            )
+        )
+    except ModelfetchError as exc:
+        if as_json:
+            failure = {
+                "ok": False,
+                "model": model,
+                "target": target,
+                "local_cid": local_cid[0] if local_cid else None,
+                "error_type": type(exc).__name__,
+                "message": str(exc),
+            }
+            out.print_json(json.dumps(failure))
+        raise
+    if as_json:
+        out.print_json(json.dumps({"ok": True, **result.to_dict()}))
+        return
+    pinned = "pinned" if result.pinned else "not pinned yet"
+    out.print(
+        f"published  {result.cid}  to {result.target} at {result.endpoint} ({pinned})",
+        markup=False,
+    )
+    if result.request_id:
+        out.print(f"  pin request {result.request_id}", markup=False)
+    for delegate in result.delegates:
+        out.print(f"  delegate {delegate}", markup=False)
+    manifest_path = settings.models_dir / MANIFEST_NAME
+    out.print(
+        f"recorded in {manifest_path}: the next pull of {result.model} can use IPFS",
+        markup=False,
+    )

@@ -125,22 +125,25 @@ class _Receiving:
         return Digests(self.identity, stream_checks(self._path), name=self._name)
 
     async def resume_or_begin(self) -> None:
-        kept = self.partial.resumable_bytes(self.identity)
+        kept = await asyncio.to_thread(self.partial.resumable_bytes, self.identity)
         if kept:
             self.offset = await rehash_prefix(self.partial.data, self.digests, kept)
             log.info("%s: resuming after %d kept bytes", self._name, self.offset)
         else:
-            self.partial.begin(self.identity)
+            await asyncio.to_thread(self.partial.begin, self.identity)
 
     def restart(self) -> None:
         self.digests = self._fresh()
         self.offset = 0
 
-    def start_over(self) -> None:
+    async def start_over(self) -> None:
         """Throw away what was received: it failed verification."""
-        self.partial.discard()
+        await self.discard()
         self.restart()
-        self.partial.begin(self.identity)
+        await asyncio.to_thread(self.partial.begin, self.identity)
+
+    async def discard(self) -> None:
+        await asyncio.to_thread(self.partial.discard)
 
 
 class Fetcher:
@@ -175,6 +178,7 @@ class Fetcher:
         )
         self._sources: dict[str, Source] = {s.layer: s for s in known}
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         self._inflight: dict[Path, asyncio.Task[FileResult]] = {}
         self._slots = asyncio.Semaphore(self.settings.concurrency)
 
@@ -185,6 +189,12 @@ class Fetcher:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop downloads still running (their partial data is kept) and release resources."""
+        self._closed = True
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -207,6 +217,8 @@ class Fetcher:
                 log.exception("progress listener failed")
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("this Fetcher is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=32),
@@ -439,14 +451,14 @@ class Fetcher:
                 self.store.ensure_space(receiving.partial.data, identity.size - receiving.offset)
             except StorageError:
                 if not receiving.offset:
-                    receiving.partial.discard()
+                    await receiving.discard()
                 raise
         for origin in source.origins(request):
             got = await self._from_origin(request, source, origin, receiving, attempts, done)
             if got is not None:
                 return got
         if not receiving.offset:
-            receiving.partial.discard()  # nothing worth resuming
+            await receiving.discard()  # nothing worth resuming
         return None
 
     async def _from_origin(
@@ -484,10 +496,10 @@ class Fetcher:
                 )
                 self._note_cid_fetch(request, origin, ok=False)
                 if isinstance(exc, StorageError):
-                    receiving.partial.discard()
+                    await receiving.discard()
                     raise
                 if isinstance(exc, VerificationError):
-                    receiving.start_over()
+                    await receiving.start_over()
                     if resumed_from:
                         continue  # the kept prefix may be what was wrong: once more from 0
                     source.distrust(origin.base_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class ModelfetchError(Exception):
@@ -146,6 +147,33 @@ class AllSourcesFailed(ModelfetchError):
         self.attempts = list(attempts)
         lines = "\n".join(f"  {a.line()}" for a in self.attempts) or "  (no source could be tried)"
         super().__init__(f"{model}: {path}: all download layers exhausted\n{lines}")
+
+
+def error_report(model: str, exc: BaseException) -> dict[str, Any]:
+    """An error as `pull --json` and the HTTP API report it (every attempt, for exhaustion)."""
+    if not isinstance(exc, ModelfetchError):
+        return {
+            "model": model,
+            "error_type": "InternalError",
+            "message": "internal error (details in the log)",
+        }
+    item: dict[str, Any] = {
+        "model": model,
+        "error_type": type(exc).__name__,
+        "message": str(exc).splitlines()[0],
+    }
+    if isinstance(exc, AllSourcesFailed):
+        item["file"] = exc.path
+        item["attempts"] = [
+            {
+                "layer": a.layer,
+                "gateway": a.origin,
+                "error_type": a.error_type,
+                "message": a.message,
+            }
+            for a in exc.attempts
+        ]
+    return item
 
 
 def error_type(exc: BaseException) -> str:

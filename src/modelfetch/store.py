@@ -209,7 +209,15 @@ class Store:
         deep: bool = False,
         move_corrupt: bool = True,
     ) -> Lookup:
-        """Is a verified copy at the final path? A corrupt one is moved to `<file>.bak`."""
+        """Is a verified copy at the final path? A corrupt one is moved to `<file>.bak`.
+
+        Runs in a worker thread: stamps, hashing and renames never block the event loop.
+        """
+        return await asyncio.to_thread(self._lookup, model, path, identity, deep, move_corrupt)
+
+    def _lookup(
+        self, model: ModelSpec, path: str, identity: Identity, deep: bool, move_corrupt: bool
+    ) -> Lookup:
         final = self.final_path(model, path)
         if not final.is_file():
             return Lookup("missing", final)
@@ -217,10 +225,10 @@ class Store:
         if stamp is not None and _stamp_matches(stamp, identity):
             return Lookup("hit", final, stamp)
         try:
-            verified = await asyncio.to_thread(_rehash, final, identity, path)
+            verified = _rehash(final, identity, path)
         except VerificationError as exc:
             if move_corrupt:
-                await asyncio.to_thread(self._move_aside, final)
+                self._move_aside(final)
             return Lookup("corrupt", final, reason=str(exc), error_type=type(exc).__name__)
         except OSError as exc:
             raise storage_error(exc, final) from None
