@@ -11,6 +11,7 @@ file's identity (SHA-256, or the recomputed CID) like any other source's.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -205,3 +206,48 @@ class IPFSGatewaySource:
                 continue
             return Identity(size=entry.size, cid=str(cid), evidence="ipfs")
         return None
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    """What a probe of one gateway found."""
+
+    url: str
+    ok: bool
+    latency_ms: float | None
+    trustless: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "url": self.url,
+            "ok": self.ok,
+            "latency_ms": self.latency_ms,
+            "trustless": self.trustless,
+            "detail": self.detail,
+        }
+
+
+async def check_gateway(
+    session: aiohttp.ClientSession, gateway: str, settings: IPFSSettings
+) -> GatewayStatus:
+    """Probe `<gateway>/ipfs/bafkqaaa` as a path and as a raw block: status and latency."""
+    started = time.monotonic()
+    try:
+        resp = await request(
+            session,
+            "GET",
+            f"{gateway}/ipfs/{PROBE_CID}",
+            connect_timeout=settings.connect_timeout,
+            stall_timeout=settings.timeout,
+        )
+        resp.release()
+        detail, plain_ok = f"HTTP {resp.status}", True
+    except SourceError as exc:
+        detail, plain_ok = f"{type(exc).__name__}: {exc}", False
+    latency = round((time.monotonic() - started) * 1000, 1)
+    trustless = await IPFSGatewaySource(settings).mode(session, gateway) == "trustless"
+    if trustless and not plain_ok:
+        detail = "trustless only (raw blocks and CARs)"
+    ok = plain_ok or trustless
+    return GatewayStatus(gateway, ok, latency if ok else None, trustless, detail)
