@@ -366,18 +366,21 @@ class Fetcher:
         # DESIGN's order of evidence: the hub's hashes before a CID, whatever the layer order.
         ranked = sorted(self._sources.values(), key=lambda s: EVIDENCE_RANK.get(s.layer, 9))
         for source in ranked:
-            if not source.origins(request):
-                continue
-            try:
-                found = await source.identity(self._http(), request)
-            except (SourceError, VerificationError) as exc:
-                origin = source.origins(request)[0].base_url
-                self._attempt_failed(request, source.layer, origin, exc, attempts, 0.0, 0)
-                continue
-            if found is not None:
-                identity = identity.merged(found) if identity.evidence != "none" else found
-                if identity.verifiable:
-                    return identity
+            for origin in source.origins(request):
+                started = time.monotonic()
+                try:
+                    found = await origin.identity(self._http())
+                except (SourceError, VerificationError) as exc:
+                    self._attempt_failed(
+                        request, origin.layer, origin.base_url, exc, attempts, started, 0
+                    )
+                    if isinstance(exc, VerificationError):
+                        source.distrust(origin.base_url)
+                    continue
+                if found is not None:
+                    identity = identity.merged(found) if identity.evidence != "none" else found
+                    if identity.verifiable:
+                        return identity
         return identity
 
     async def _from_cache(

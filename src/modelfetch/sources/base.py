@@ -47,6 +47,10 @@ class Origin(Protocol):
         """Seconds to wait before try `attempt + 1` after `error`."""
         ...
 
+    async def identity(self, session: aiohttp.ClientSession) -> Identity | None:
+        """Evidence of what the file must be (size, hashes, CID), or None if it has none."""
+        ...
+
 
 @dataclass(frozen=True)
 class FileRequest:
@@ -65,12 +69,6 @@ class Source(Protocol):
 
     def origins(self, request: FileRequest) -> Sequence[Origin]:
         """Where to try, in order; empty when this source does not have the model."""
-        ...
-
-    async def identity(
-        self, session: aiohttp.ClientSession, request: FileRequest
-    ) -> Identity | None:
-        """Evidence of what the file must be (size, hashes), or None when this source has none."""
         ...
 
     def distrust(self, base_url: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -52,6 +53,7 @@ class HuggingFaceOrigin:
     settings: HuggingFaceSettings
     url: str
     headers: dict[str, str]
+    on_commit: Callable[[str], None]  # tells the source which commit the branch pointed at
     layer: Layer = "huggingface"
 
     @property
@@ -77,6 +79,44 @@ class HuggingFaceOrigin:
         return backoff_delay(
             attempt, error, base=self.settings.backoff, cap=self.settings.max_backoff
         )
+
+    async def identity(self, session: aiohttp.ClientSession) -> Identity | None:
+        """Size and hash from a HEAD of the resolve URL, retried like a download."""
+        for attempt in range(self.tries):
+            try:
+                identity, commit = await self._head(session)
+            except SourceError as exc:
+                if not exc.retryable or attempt + 1 == self.tries:
+                    raise
+                await sleep_for_retry(self.delay(attempt, exc))
+                continue
+            if commit is not None:
+                self.on_commit(commit)
+            return identity
+        return None
+
+    async def _head(self, session: aiohttp.ClientSession) -> tuple[Identity, str | None]:
+        # Redirects are followed only while they stay on the hub (renamed repos); the LFS
+        # redirect to the CDN carries the X-Linked-* headers we came for, so stop there.
+        def same_host_redirect(resp: aiohttp.ClientResponse) -> bool:
+            location = resp.headers.get("Location", "")
+            return "X-Linked-Etag" not in resp.headers and location.startswith("/")
+
+        resp = await request(
+            session,
+            "HEAD",
+            self.url,
+            headers={**self.headers, "Accept-Encoding": "identity"},
+            connect_timeout=self.settings.connect_timeout,
+            stall_timeout=self.settings.timeout,
+            follow=same_host_redirect,
+            describe=describe_hub_error,
+        )
+        try:
+            commit = resp.headers.get("X-Repo-Commit", "").strip().lower()
+            return _identity_from_headers(resp), commit if _is_hex(commit, 40) else None
+        finally:
+            resp.release()
 
 
 class HuggingFaceSource:
@@ -110,55 +150,13 @@ class HuggingFaceSource:
         url = self.url(request)
         if url is None:
             return []
-        return [HuggingFaceOrigin(self.settings, url, self._headers())]
+        ref = request.model.huggingface
+        assert ref is not None  # url() is None otherwise
 
-    async def identity(
-        self, session: aiohttp.ClientSession, request: FileRequest
-    ) -> Identity | None:
-        """Size and hash from a HEAD of the resolve URL (retried like a download)."""
-        origin = next(iter(self.origins(request)), None)
-        if origin is None:
-            return None
-        last: SourceError | None = None
-        for attempt in range(origin.tries):
-            try:
-                identity, commit = await self._head(session, origin)
-            except SourceError as exc:
-                last = exc
-                if not exc.retryable or attempt + 1 == origin.tries:
-                    raise
-                await sleep_for_retry(origin.delay(attempt, exc))
-                continue
-            if commit and request.model.huggingface is not None:
-                self._commits.setdefault(request.model.huggingface, commit)
-            return identity
-        raise last or SourceError("no try was made")
+        def pin(commit: str) -> None:
+            self._commits.setdefault(ref, commit)
 
-    async def _head(
-        self, session: aiohttp.ClientSession, origin: HuggingFaceOrigin
-    ) -> tuple[Identity, str | None]:
-        # Redirects are followed only while they stay on the hub (renamed repos); the LFS
-        # redirect to the CDN carries the X-Linked-* headers we came for, so stop there.
-        def same_host_redirect(resp: aiohttp.ClientResponse) -> bool:
-            return "X-Linked-Etag" not in resp.headers and resp.headers.get(
-                "Location", ""
-            ).startswith("/")
-
-        resp = await request(
-            session,
-            "HEAD",
-            origin.url,
-            headers={**origin.headers, "Accept-Encoding": "identity"},
-            connect_timeout=self.settings.connect_timeout,
-            stall_timeout=self.settings.timeout,
-            follow=same_host_redirect,
-            describe=describe_hub_error,
-        )
-        try:
-            commit = resp.headers.get("X-Repo-Commit", "").strip().lower()
-            return _identity_from_headers(resp), commit if _is_hex(commit, 40) else None
-        finally:
-            resp.release()
+        return [HuggingFaceOrigin(self.settings, url, self._headers(), pin)]
 
 
 def _identity_from_headers(resp: aiohttp.ClientResponse) -> Identity:

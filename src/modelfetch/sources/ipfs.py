@@ -20,7 +20,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ..config import IPFSSettings
-from ..errors import BadBlock, HTTPStatus, SourceError
+from ..errors import HTTPStatus, SourceError
 from ..events import Layer
 from ..hashes import Identity
 from ..ipfs.cid import Cid
@@ -87,6 +87,18 @@ class GatewayOrigin:
 
     def delay(self, attempt: int, error: SourceError) -> float:
         return self.settings.pause
+
+    async def identity(self, session: aiohttp.ClientSession) -> Identity | None:
+        """The file's CID and size, read from verified blocks (trustless gateways only)."""
+        if await self.source.mode(session, self.base_url) != "trustless":
+            return None  # a path gateway's word proves nothing
+        cid = await self.source.resolve(session, self.base_url, self.root, self.path)
+
+        async def get(c: Cid) -> bytes:
+            return await self.source.block(session, self.base_url, c)
+
+        entry = await DagReader(get).stat(cid)
+        return Identity(size=entry.size, cid=str(cid), evidence="ipfs")
 
 
 class VerifiedCarStream:
@@ -182,30 +194,6 @@ class IPFSGatewaySource:
 
             self._resolved[key] = await DagReader(get).resolve(root, path)
         return self._resolved[key]
-
-    async def identity(
-        self, session: aiohttp.ClientSession, request: FileRequest
-    ) -> Identity | None:
-        """The file's CID and size, from the first trustless gateway that can resolve it."""
-        if request.ipfs_cid is None:
-            return None
-        for gateway in self.settings.gateways:
-            if gateway in self._distrusted or await self.mode(session, gateway) != "trustless":
-                continue
-            try:
-                cid = await self.resolve(session, gateway, request.ipfs_cid, request.path)
-
-                async def get(c: Cid, gateway: str = gateway) -> bytes:
-                    return await self.block(session, gateway, c)
-
-                entry = await DagReader(get).stat(cid)
-            except BadBlock:
-                self.distrust(gateway)
-                continue
-            except SourceError:
-                continue
-            return Identity(size=entry.size, cid=str(cid), evidence="ipfs")
-        return None
 
 
 @dataclass(frozen=True)

@@ -1056,7 +1056,7 @@ async def _faulted(blocks: _Blocks, fault: TrustlessFault) -> _Blocks:
                 yield extra
             yield item
             count += 1
-        if fault.at is None or count < fault.at:
+        if fault.at is None or count <= fault.at:  # fewer blocks than `at`: append it
             yield extra
         return
     if fault.kind != "flip_block_byte":
