@@ -27,14 +27,14 @@ from .errors import (
     VerificationError,
     error_type,
 )
-from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent, now_ms
-from .hashes import Digests, Identity, Verified
+from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent, ProgressMeter, now_ms
+from .hashes import Identity, Verified
 from .records import Records
 from .sources.base import ByteStream, FileRequest, Origin, Source
 from .sources.huggingface import HuggingFaceSource
 from .sources.ipfs import IPFSGatewaySource
-from .store import Partial, Store, stream_checks
-from .transfer import PartialWriter, receive, rehash_prefix
+from .store import Store
+from .transfer import PartialWriter, Receiving, receive
 
 log = logging.getLogger(__name__)
 
@@ -76,74 +76,6 @@ class ModelResult:
     @property
     def ok(self) -> bool:
         return not self.errors
-
-
-class _Meter:
-    """Turns byte counts into throttled progress events with a speed."""
-
-    def __init__(self, emit: Any, base: ProgressEvent) -> None:
-        self._emit = emit
-        self.base = base
-        self.bytes = base.bytes_downloaded
-        self._t = time.monotonic()
-        self._b = self.bytes
-        self.speed = 0.0
-
-    def update(self, total: int) -> None:
-        self.bytes = total
-        self.tick()
-
-    def tick(self) -> None:
-        now = time.monotonic()
-        if now - self._t >= 0.2:
-            rate = (self.bytes - self._b) / (now - self._t)
-            self.speed = rate if self.speed == 0 else 0.5 * self.speed + 0.5 * rate
-            self._t, self._b = now, self.bytes
-        self._emit(
-            replace(
-                self.base,
-                status="downloading",
-                bytes_downloaded=self.bytes,
-                speed=self.speed,
-                timestamp=now_ms(),
-            )
-        )
-
-
-class _Receiving:
-    """A file's partial data and its running digests, carried across tries and sources."""
-
-    def __init__(self, partial: Partial, identity: Identity, name: str, path: str) -> None:
-        self.partial = partial
-        self.identity = identity
-        self._name = name
-        self._path = path
-        self.digests = self._fresh()
-        self.offset = 0
-
-    def _fresh(self) -> Digests:
-        return Digests(self.identity, stream_checks(self._path), name=self._name)
-
-    async def resume_or_begin(self) -> None:
-        kept = await asyncio.to_thread(self.partial.resumable_bytes, self.identity)
-        if kept:
-            self.offset = await rehash_prefix(self.partial.data, self.digests, kept)
-            log.info("%s: resuming after %d kept bytes", self._name, self.offset)
-        else:
-            await asyncio.to_thread(self.partial.begin, self.identity)
-
-    def restart(self) -> None:
-        self.digests = self._fresh()
-        self.offset = 0
-
-    async def start_over(self) -> None:
-        """Throw away what was received: it failed verification."""
-        await self.discard()
-        self.restart()
-        await asyncio.to_thread(self.partial.begin, self.identity)
-
-    async def discard(self) -> None:
-        await asyncio.to_thread(self.partial.discard)
 
 
 class Fetcher:
@@ -445,7 +377,7 @@ class Fetcher:
         done: list[int],
     ) -> FileResult | None:
         model, path = request.model, request.path
-        receiving = _Receiving(
+        receiving = Receiving(
             self.store.partial(model, path), identity, f"{model.name}/{path}", path
         )
         await receiving.resume_or_begin()
@@ -469,7 +401,7 @@ class Fetcher:
         request: FileRequest,
         source: Source,
         origin: Origin,
-        receiving: _Receiving,
+        receiving: Receiving,
         attempts: list[Attempt],
         done: list[int],
     ) -> FileResult | None:
@@ -557,7 +489,7 @@ class Fetcher:
             )
 
     async def _try_origin(
-        self, origin: Origin, receiving: _Receiving, base: ProgressEvent, fetched: list[int]
+        self, origin: Origin, receiving: Receiving, base: ProgressEvent, fetched: list[int]
     ) -> Verified:
         stream = await origin.open(self._http(), receiving.offset)
         if stream.offset != receiving.offset:
@@ -570,7 +502,7 @@ class Fetcher:
             start=start,
             expected_size=receiving.identity.size,
         )
-        meter = _Meter(self._emit, base)
+        meter = ProgressMeter(self._emit, base)
         ticker = asyncio.ensure_future(_tick_every_second(meter))
         expected = receiving.identity.size
 
@@ -646,7 +578,7 @@ def open_records(settings: Settings) -> Records | None:
         return None
 
 
-async def _tick_every_second(meter: _Meter) -> None:
+async def _tick_every_second(meter: ProgressMeter) -> None:
     while True:
         await asyncio.sleep(1.0)
         meter.tick()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -108,3 +108,35 @@ class AttemptEvent:
 
 Event = ProgressEvent | AttemptEvent
 Listener = Callable[[Event], None]
+
+
+class ProgressMeter:
+    """Turns byte counts into throttled progress events with a speed."""
+
+    def __init__(self, emit: Listener, base: ProgressEvent) -> None:
+        self._emit = emit
+        self.base = base
+        self.bytes = base.bytes_downloaded
+        self._t = time.monotonic()
+        self._b = self.bytes
+        self.speed = 0.0
+
+    def update(self, total: int) -> None:
+        self.bytes = total
+        self.tick()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._t >= 0.2:
+            rate = (self.bytes - self._b) / (now - self._t)
+            self.speed = rate if self.speed == 0 else 0.5 * self.speed + 0.5 * rate
+            self._t, self._b = now, self.bytes
+        self._emit(
+            replace(
+                self.base,
+                status="downloading",
+                bytes_downloaded=self.bytes,
+                speed=self.speed,
+                timestamp=now_ms(),
+            )
+        )

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import SizeMismatch
-from .hashes import Digests, feed_file
+from .hashes import Digests, Identity, feed_file
 from .sources.base import ByteStream
-from .store import storage_error
+from .store import Partial, storage_error, stream_checks
+
+log = logging.getLogger(__name__)
 
 BATCH_BYTES = 4 << 20  # hand the writer thread this much at a time
 SYNC_EVERY = 32 << 20  # start writeback this often, so the final fsync is short
@@ -161,3 +164,39 @@ async def receive(
             await writer.write(batch)
         await writer.drain()
         progress(writer.written)
+
+
+class Receiving:
+    """A file's partial data and its running digests, carried across tries and sources."""
+
+    def __init__(self, partial: Partial, identity: Identity, name: str, path: str) -> None:
+        self.partial = partial
+        self.identity = identity
+        self._name = name
+        self._path = path
+        self.digests = self._fresh()
+        self.offset = 0
+
+    def _fresh(self) -> Digests:
+        return Digests(self.identity, stream_checks(self._path), name=self._name)
+
+    async def resume_or_begin(self) -> None:
+        kept = await asyncio.to_thread(self.partial.resumable_bytes, self.identity)
+        if kept:
+            self.offset = await rehash_prefix(self.partial.data, self.digests, kept)
+            log.info("%s: resuming after %d kept bytes", self._name, self.offset)
+        else:
+            await asyncio.to_thread(self.partial.begin, self.identity)
+
+    def restart(self) -> None:
+        self.digests = self._fresh()
+        self.offset = 0
+
+    async def start_over(self) -> None:
+        """Throw away what was received: it failed verification."""
+        await self.discard()
+        self.restart()
+        await asyncio.to_thread(self.partial.begin, self.identity)
+
+    async def discard(self) -> None:
+        await asyncio.to_thread(self.partial.discard)
