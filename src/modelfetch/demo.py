@@ -94,7 +94,7 @@ async def _pull(settings: Settings, err: Console, attempts: list[AttemptEvent]) 
 
 
 def _report(out: Console, result: ModelResult, attempts: list[AttemptEvent]) -> None:
-    out.print("[bold]What each layer did[/] (in order, per file):")
+    out.print("\n[bold]What each layer did[/] (in order, per file):")
     for path in demo_files():
         steps = [_step(a) for a in attempts if a.file == path]
         out.print(f"  [bold]{path}[/]")
