@@ -11,10 +11,13 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
 
-# System packages the tests drive: Node.js/npm (a real IPFS node), curl (benchmarks).
+# System packages the tests drive: Node.js/npm (a real IPFS node), curl (benchmarks),
+# Debian's Chromium (the dashboard tests, through Playwright; its own browser download
+# is not used).
 need_apt=()
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

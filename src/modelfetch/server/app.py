@@ -218,7 +218,7 @@ class SafeAccessLogger(AbstractAccessLogger):
 async def index(request: web.Request) -> web.StreamResponse:
     page = STATIC_DIR / "index.html"
     if await asyncio.to_thread(page.is_file):
-        return web.FileResponse(page)
+        return web.FileResponse(page, headers=_PAGE_HEADERS)
     return web.Response(text=_PLACEHOLDER, content_type="text/html", headers=_PAGE_HEADERS)
 
 
@@ -379,7 +379,15 @@ def create_app(settings: Settings, *, token: str | None = None) -> web.Applicati
 
     app.cleanup_ctx.append(_downloads_lifecycle)
     app.on_shutdown.append(_close_websockets)
+    app.on_response_prepare.append(_static_headers)
     return app
+
+
+async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The dashboard's files: revalidated on every load (an upgrade shows at once), no sniffing."""
+    if request.path.startswith(f"{BASE}/static/"):
+        response.headers.setdefault("Cache-Control", "no-cache")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
 async def _downloads_lifecycle(app: web.Application) -> AsyncIterator[None]:
