@@ -7,8 +7,9 @@ from email.utils import format_datetime
 
 import pytest
 
+from modelfetch._net import is_loopback_url
 from modelfetch.errors import HTTPStatus, InsecureRedirect
-from modelfetch.sources.http import backoff_delay, is_loopback, redirect_target, retry_after
+from modelfetch.sources.http import backoff_delay, redirect_target, retry_after
 
 
 def test_relative_and_absolute_redirects() -> None:
@@ -26,7 +27,7 @@ def test_downgrades_and_other_schemes_refused(target: str) -> None:
 def test_https_to_http_allowed_on_loopback_only() -> None:
     assert redirect_target("https://127.0.0.1:1/a", "http://127.0.0.1:2/b").startswith("http:")
     assert redirect_target("https://x.example/a", "http://localhost:2/b").startswith("http:")
-    assert is_loopback("http://[::1]:8/") and not is_loopback("http://10.0.0.1/")
+    assert is_loopback_url("http://[::1]:8/") and not is_loopback_url("http://10.0.0.1/")
 
 
 def test_retry_after_forms() -> None:

@@ -28,6 +28,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
 from conftest import CID, REPO, World, make_world, model_files
+from modelfetch._net import is_loopback_host
 from modelfetch.catalog import ModelSpec
 from modelfetch.cli import main
 from modelfetch.config import Settings
@@ -35,7 +36,7 @@ from modelfetch.errors import ConfigError
 from modelfetch.manifest import FileEntry
 from modelfetch.records import Records
 from modelfetch.server import create_app
-from modelfetch.server.app import BROADCASTER, DOWNLOADS, check_bind, is_loopback
+from modelfetch.server.app import BROADCASTER, DOWNLOADS, check_bind
 from modelfetch.server.broadcast import Outbox
 from modelfetch.store import Store
 from modelfetch.testing import GatewayServer, HubServer, faults
@@ -493,7 +494,7 @@ async def test_without_token_only_loopback_hosts_and_same_origin(client: Client)
     ],
 )
 def test_bind_rules(host: str, loopback: bool) -> None:
-    assert is_loopback(host) is loopback
+    assert is_loopback_host(host) is loopback
     check_bind(host, "a-token")  # a token allows any address
     if loopback:
         check_bind(host, None)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from modelfetch.ipfs.cid import DAG_PB, RAW, SHA2_256, Cid
+from modelfetch.ipfs.cid import DAG_PB, RAW, SHA2_256, Cid, encode_varint
 from modelfetch.ipfs.unixfs import (
     DIRECTORY_DATA,
     NodeType,
@@ -230,7 +230,7 @@ class UnixFSFileBuilder:
         parts = []
         for cid_bytes, tsize in zip(level.links, level.tsizes, strict=True):
             parts.append(b"\x12" + _link_bytes(cid_bytes, tsize))
-        parts.append(b"\x0a" + _varint(len(data)) + data)
+        parts.append(b"\x0a" + encode_varint(len(data)) + data)
         block = b"".join(parts)
         digest = hashlib.sha256(block).digest()
         cid_bytes = self._parent_prefix + b"\x12\x20" + digest
@@ -268,18 +268,11 @@ class UnixFSFileBuilder:
         return str(self.finish_node().cid)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _link_bytes(cid_bytes: bytes, tsize: int) -> bytes:
-    body = b"\x0a" + _varint(len(cid_bytes)) + cid_bytes + b"\x12\x00\x18" + _varint(tsize)
-    return _varint(len(body)) + body
+    body = (
+        b"\x0a" + encode_varint(len(cid_bytes)) + cid_bytes + b"\x12\x00\x18" + encode_varint(tsize)
+    )
+    return encode_varint(len(body)) + body
 
 
 def _empty_file_block(profile: Profile) -> bytes:

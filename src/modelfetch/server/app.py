@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import signal
@@ -35,6 +34,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
+from .._net import is_loopback_host
 from ..config import Settings
 from ..errors import ConfigError, ModelfetchError, UnknownModel
 from ..records import Records
@@ -84,17 +84,6 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
 # -- host checks -------------------------------------------------------------------------
 
 
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
-    name = host.strip().strip("[]").lower().rstrip(".")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def _host_name(host_header: str) -> str:
     """The host of a `Host` header value, without the port."""
     value = host_header.strip()
@@ -105,7 +94,7 @@ def _host_name(host_header: str) -> str:
 
 def check_bind(host: str, token: str | None) -> None:
     """Refuse (ConfigError) to listen beyond loopback without a token."""
-    if not is_loopback(host) and not token:
+    if not is_loopback_host(host) and not token:
         raise ConfigError(
             f"refusing to listen on {host!r}: it is not a loopback address and no token is "
             "set. Set MODELFETCH_TOKEN (or --token) to a long random secret; clients then "
@@ -170,7 +159,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Host, Origin and token checks (rules in the module docstring)."""
     token = request.app[CONFIG].token
     path = request.path
-    if token is None and not is_loopback(_host_name(request.host)):
+    if token is None and not is_loopback_host(_host_name(request.host)):
         raise ApiError(
             403,
             "this server only answers requests addressed to localhost/127.0.0.1 "
@@ -436,7 +425,7 @@ async def serve(
             ) from None
         bound = runner.addresses[0][1] if runner.addresses else port
         url = url_for(host, bound)
-        if not is_loopback(host):
+        if not is_loopback_host(host):
             log.warning(
                 "listening beyond loopback over plain HTTP: the token travels in clear; "
                 "put a TLS reverse proxy in front for untrusted networks"

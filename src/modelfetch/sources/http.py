@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -13,6 +12,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from .._net import is_loopback_url
 from ..errors import (
     ConnectFailed,
     HTTPStatus,
@@ -33,16 +33,6 @@ DescribeError = Callable[[aiohttp.ClientResponse], str]
 
 def default_description(resp: aiohttp.ClientResponse) -> str:
     return f"HTTP {resp.status} {resp.reason or ''}".strip() + f" from {resp.url}"
-
-
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def retry_after(value: str | None) -> float | None:
@@ -146,7 +136,7 @@ def redirect_target(url: str, location: str) -> str:
     scheme = urlsplit(target).scheme
     if scheme not in ("http", "https"):
         raise InsecureRedirect(f"{url} redirected to {target}: not an http(s) URL")
-    if url.startswith("https:") and scheme == "http" and not is_loopback(target):
+    if url.startswith("https:") and scheme == "http" and not is_loopback_url(target):
         raise InsecureRedirect(f"{url} redirected to plain HTTP {target}: refused")
     return target
 
