@@ -426,6 +426,16 @@ function onStarted(message) {
   announce(`Download of ${model.name} started.`);
 }
 
+// The same rule as the server's inventory (ModelStatus.state), so a model's badge follows
+// its files between two snapshots.
+function modelState(files) {
+  const states = new Set(files.map((f) => f.state));
+  if (states.size === 1 && states.has("verified")) return "complete";
+  if (states.size === 1 && states.has("missing")) return "missing";
+  if (states.has("corrupt")) return "corrupt";
+  return states.has("verified") ? "partial" : "unverified";
+}
+
 function onProgress(event) {
   const model = state.models.get(event.modelId);
   if (!model) return;
@@ -439,6 +449,7 @@ function onProgress(event) {
       file.size = event.totalBytes ?? event.bytesDownloaded;
       file.reason = null;
     }
+    model.state = modelState(model.files);
   }
   const card = cards.get(model.name);
   if (!card) return;
