@@ -238,3 +238,18 @@ def test_demo_twice(tmp_path: Path) -> None:
 def test_python_module_and_version() -> None:
     proc = run(["--version"], {})
     assert proc.returncode == 0 and "modelfetch" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--dir", "{d}", "metrics", "summary", "--json"],
+        ["metrics", "--dir", "{d}", "summary", "--json"],
+        ["metrics", "summary", "--json", "--dir", "{d}"],
+    ],
+)
+def test_dir_is_accepted_wherever_it_stands(tmp_path: Path, args: list[str]) -> None:
+    proc = run([a.format(d=tmp_path / "m") for a in args], {})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["total"] == 0
+    assert (tmp_path / "m" / ".modelfetch" / "records.sqlite3").is_file()

@@ -82,6 +82,15 @@ def common_options(func: F) -> F:
     return func
 
 
+def remember(ctx: click.Context, config_file: Path | None, models_dir: Path | None) -> None:
+    """Keep --config/--dir given to a command group for the command below it."""
+    obj = ctx.find_root().obj
+    if config_file is not None:
+        obj["config_file"] = config_file
+    if models_dir is not None:
+        obj["models_dir"] = models_dir
+
+
 def settings_from(
     ctx: click.Context, config_file: Path | None, models_dir: Path | None, prefer: str | None = None
 ) -> Settings:
@@ -256,8 +265,11 @@ def status(
 
 
 @main.group()
-def manifest() -> None:
+@common_options
+@click.pass_context
+def manifest(ctx: click.Context, config_file: Path | None, models_dir: Path | None) -> None:
     """Manage .manifests.json."""
+    remember(ctx, config_file, models_dir)
 
 
 @manifest.command("generate")
@@ -331,8 +343,11 @@ def cid(
 
 
 @main.group()
-def gateways() -> None:
+@common_options
+@click.pass_context
+def gateways(ctx: click.Context, config_file: Path | None, models_dir: Path | None) -> None:
     """Inspect the configured IPFS gateways."""
+    remember(ctx, config_file, models_dir)
 
 
 @gateways.command("check")
@@ -396,8 +411,11 @@ def _open_records(settings: Settings) -> Records:
 
 
 @main.group("metrics")
-def metrics_group() -> None:
+@common_options
+@click.pass_context
+def metrics_group(ctx: click.Context, config_file: Path | None, models_dir: Path | None) -> None:
     """Download records of the models dir: list, summary, health, reset."""
+    remember(ctx, config_file, models_dir)
 
 
 @metrics_group.command("list")
