@@ -197,3 +197,16 @@ async def test_a_lying_path_gateway_is_caught_by_the_recomputed_cid(
             lies = [r for r in records.attempts() if r["gateway"] == liar.url]
         assert lies and lies[0]["error_type"] in ("HashMismatch", "SizeMismatch")
         assert "CID" in lies[0]["error_message"] or lies[0]["error_type"] == "SizeMismatch"
+
+
+async def test_trustless_only_gateway_is_used_after_it_refuses_plain_bytes(
+    node_gateways: list[TrustlessGatewayServer], published: dict[str, Any], tmp_path: Path
+) -> None:
+    gateway = node_gateways[1]
+    home = fresh_home(tmp_path, published, manifest=True)  # SHA-256 known: plain asked first
+    result = await pull(settings_for(home, [gateway.url]))
+    assert_intact(home, result)
+    assert {f.gateway for f in result.files} == {gateway.url}
+    # one plain request per file (refused with 406), one probe, then CARs and blocks
+    assert gateway.request_count("bafkqaaa") == 1
+    assert gateway.served_blocks, "the bytes came as verified blocks"

@@ -32,6 +32,7 @@ PROBE_CID = "bafkqaaa"  # the empty identity CID: every gateway can answer it wi
 RAW = "application/vnd.ipld.raw"
 CAR = "application/vnd.ipld.car"
 Mode = Literal["trustless", "path"]
+REFUSES_PLAIN = (400, 406, 415, 501)  # how trustless-only gateways answer a plain request
 
 
 @dataclass
@@ -57,16 +58,24 @@ class GatewayOrigin:
         return f"{self.base_url}/ipfs/{self.root}/{quote(self.path)}"
 
     async def open(self, session: aiohttp.ClientSession, offset: int) -> ByteStream:
-        if await self.source.mode(session, self.base_url) == "trustless":
-            file_cid = await self.source.resolve(session, self.base_url, self.root, self.path)
-            return await self._open_car(session, file_cid, offset)
-        return await open_range(
-            session,
-            self.url,
-            offset,
-            connect_timeout=self.settings.connect_timeout,
-            stall_timeout=self.settings.timeout,
-        )
+        # A gateway is asked for plain bytes unless it is already known to be trustless; only
+        # one that refuses them (trustless-only) costs a probe. The bytes are checked either
+        # way: plain ones against the file's identity, a CAR's block by block.
+        if self.source.known_mode(self.base_url) != "trustless":
+            try:
+                return await open_range(
+                    session,
+                    self.url,
+                    offset,
+                    connect_timeout=self.settings.connect_timeout,
+                    stall_timeout=self.settings.timeout,
+                )
+            except HTTPStatus as exc:
+                refused_plain = exc.status in REFUSES_PLAIN
+                if not refused_plain or await self.source.mode(session, self.base_url) == "path":
+                    raise
+        file_cid = await self.source.resolve(session, self.base_url, self.root, self.path)
+        return await self._open_car(session, file_cid, offset)
 
     async def _open_car(
         self, session: aiohttp.ClientSession, file_cid: Cid, offset: int
@@ -143,6 +152,11 @@ class IPFSGatewaySource:
     def distrust(self, base_url: str) -> None:
         """A gateway caught sending bad data is not asked again in this run."""
         self._distrusted.add(base_url)
+
+    def known_mode(self, gateway: str) -> Mode | None:
+        """What a probe found about `gateway` in this run, if it was probed and finished."""
+        probe = self._modes.get(gateway)
+        return probe.result() if probe is not None and probe.done() else None
 
     async def mode(self, session: aiohttp.ClientSession, gateway: str) -> Mode:
         """Whether `gateway` serves verifiable blocks (probed once per run)."""
