@@ -446,3 +446,15 @@ async def test_files_come_from_the_commit_the_hub_reported(world: World) -> None
     commit = world.hub.commit(REPO)
     gets = [p for m, p in world.hub.requests if m == "GET" and "/resolve/" in p]
     assert gets and all(f"/resolve/{commit}/" in p for p in gets)
+
+
+async def test_a_hung_gateway_costs_the_stall_timeout_per_try(world: World) -> None:
+    world.gateways[0].inject(faults.hang())
+    ipfs = replace(world.settings.ipfs, timeout=1.0, retries=2, connect_timeout=10.0)
+    started = time.monotonic()
+    result, events = await pull(world, ipfs=ipfs, concurrency=3)
+    assert_installed(world, result)
+    hung = [e for e in events if isinstance(e, AttemptEvent) and e.gateway == world.gateways[0].url]
+    assert len(hung) == 2 * len(world.files) and {e.error_type for e in hung} == {"Stalled"}
+    assert all(e.latency_ms is not None and e.latency_ms < 2500 for e in hung)
+    assert time.monotonic() - started < 8  # files in parallel: about 2 tries x 1 s each

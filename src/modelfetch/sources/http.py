@@ -200,14 +200,16 @@ async def _send(
     connect_timeout: float,
     stall_timeout: float,
 ) -> aiohttp.ClientResponse:
+    # No answer within the stall timeout is a stall, as is a body that stops; connecting
+    # has its own, normally shorter, limit inside that one.
     try:
-        async with asyncio.timeout(connect_timeout + stall_timeout):
+        async with asyncio.timeout(stall_timeout):
             return await session.request(
                 method,
                 url,
                 headers=headers,
                 allow_redirects=False,
-                timeout=_timeout(connect_timeout),
+                timeout=_timeout(min(connect_timeout, stall_timeout)),
                 auto_decompress=False,
             )
     except aiohttp.ConnectionTimeoutError:
