@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -600,13 +600,3 @@ def _unverifiable_hint() -> str:
         "add it with `modelfetch manifest generate`, give the model an IPFS CID, or a "
         "Hugging Face source"
     )
-
-
-@contextlib.asynccontextmanager
-async def fetcher(settings: Settings | None = None, **kwargs: Any) -> AsyncIterator[Fetcher]:
-    """`async with fetcher() as f:` — a Fetcher closed on exit."""
-    f = Fetcher(settings, **kwargs)
-    try:
-        yield f
-    finally:
-        await f.aclose()

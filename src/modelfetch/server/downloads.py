@@ -98,12 +98,6 @@ class Downloads:
 
     # -- downloads ------------------------------------------------------------------------
 
-    def is_running(self, name: str) -> bool:
-        return name in self._tasks
-
-    def running(self) -> list[str]:
-        return sorted(self._tasks)
-
     def task(self, name: str) -> asyncio.Task[None] | None:
         """The running download of `name`, if any (await it to wait for the result)."""
         return self._tasks.get(name)

@@ -23,7 +23,6 @@ from ..errors import (
 )
 
 MAX_REDIRECTS = 10
-READ_CHUNK = 1 << 20
 USER_AGENT = "modelfetch/0.1"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
