@@ -16,6 +16,42 @@ from modelfetch.testing import GatewayServer, HubServer
 from modelfetch.testing.onnx import tiny_onnx_model
 
 REPO = "test-org/test-model"
+
+# The documented shapes (ORIGINAL.md): a progress event and an attempt record.
+PROGRESS_EVENT_KEYS = frozenset(
+    {
+        "type",
+        "modelId",
+        "file",
+        "source",
+        "status",
+        "currentGateway",
+        "bytesDownloaded",
+        "bytesRemaining",
+        "totalBytes",
+        "downloadSpeed",
+        "eta",
+        "retryCount",
+        "percentComplete",
+        "completedFiles",
+        "totalFiles",
+        "timestamp",
+    }
+)
+ATTEMPT_RECORD_KEYS = frozenset(
+    {
+        "timestamp",
+        "model",
+        "file",
+        "layer",
+        "gateway",
+        "status",
+        "latency_ms",
+        "bytes_downloaded",
+        "error_type",
+        "error_message",
+    }
+)
 CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CID, REPO, World, leftovers, make_world, model_files
+from conftest import CID, PROGRESS_EVENT_KEYS, REPO, World, leftovers, make_world, model_files
 from modelfetch.catalog import HuggingFaceRef, ModelSpec
 from modelfetch.config import HuggingFaceSettings, IPFSSettings
 from modelfetch.engine import Fetcher, ModelResult
@@ -362,24 +362,7 @@ async def test_progress_events_every_second_and_complete(world: World) -> None:
     ]
     assert done and done[-1].to_dict()["percentComplete"] == 100.0
     shape = moving[-1].to_dict()
-    assert set(shape) >= {
-        "type",
-        "modelId",
-        "file",
-        "source",
-        "status",
-        "currentGateway",
-        "bytesDownloaded",
-        "bytesRemaining",
-        "totalBytes",
-        "downloadSpeed",
-        "eta",
-        "retryCount",
-        "percentComplete",
-        "completedFiles",
-        "totalFiles",
-        "timestamp",
-    }
+    assert set(shape) >= PROGRESS_EVENT_KEYS
     assert shape["currentGateway"] == world.gateways[0].url
     assert any(0 < e.to_dict()["percentComplete"] < 100 for e in moving)
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from conftest import ATTEMPT_RECORD_KEYS
 from modelfetch.cli import main
 from modelfetch.events import AttemptEvent
 from modelfetch.records import Records
@@ -63,18 +64,7 @@ def test_list_json_is_the_api_shape(models_dir: Path) -> None:
         assert doc == {"metrics": records.attempts()}
     assert len(doc["metrics"]) == 7
     assert doc["metrics"][-1]["model"] == "old"  # newest first
-    assert set(doc["metrics"][0]) == {
-        "timestamp",
-        "model",
-        "file",
-        "layer",
-        "gateway",
-        "status",
-        "latency_ms",
-        "bytes_downloaded",
-        "error_type",
-        "error_message",
-    }
+    assert set(doc["metrics"][0]) == ATTEMPT_RECORD_KEYS
 
 
 @pytest.mark.parametrize(

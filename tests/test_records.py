@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from conftest import ATTEMPT_RECORD_KEYS
 from modelfetch import records as records_mod
 from modelfetch.errors import StorageError
 from modelfetch.events import AttemptEvent, Layer, Listener, ProgressEvent
@@ -414,18 +415,7 @@ def test_attempts_are_filtered_newest_first_with_numbers(rec: Records) -> None:
     )
     rows = rec.attempts()
     assert [r["status"] for r in rows] == ["exhausted", "error", "success", "error"]
-    assert set(rows[0]) == {
-        "timestamp",
-        "model",
-        "file",
-        "layer",
-        "gateway",
-        "status",
-        "latency_ms",
-        "bytes_downloaded",
-        "error_type",
-        "error_message",
-    }
+    assert set(rows[0]) == ATTEMPT_RECORD_KEYS
     ipfs = rec.attempts(layer="ipfs")
     assert len(ipfs) == 1
     assert ipfs[0]["latency_ms"] == 12.5

@@ -27,7 +27,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
-from conftest import CID, REPO, World, make_world, model_files
+from conftest import (
+    ATTEMPT_RECORD_KEYS,
+    CID,
+    PROGRESS_EVENT_KEYS,
+    REPO,
+    World,
+    make_world,
+    model_files,
+)
 from modelfetch._net import is_loopback_host
 from modelfetch.catalog import ModelSpec
 from modelfetch.cli import main
@@ -150,24 +158,7 @@ async def test_download_streams_events_to_every_client_and_metrics_follow(
         assert "downloading" in seq, path
         assert seq[-1] == "success", path
     progress = [m for m in seen1 if m["type"] == "model_download_progress"]
-    assert set(progress[0]) >= {
-        "type",
-        "modelId",
-        "file",
-        "source",
-        "status",
-        "currentGateway",
-        "bytesDownloaded",
-        "bytesRemaining",
-        "totalBytes",
-        "downloadSpeed",
-        "eta",
-        "retryCount",
-        "percentComplete",
-        "completedFiles",
-        "totalFiles",
-        "timestamp",
-    }
+    assert set(progress[0]) >= PROGRESS_EVENT_KEYS
     success = [m for m in progress if m["status"] == "success"]
     assert all(m["percentComplete"] == 100 and m["source"] == "ipfs" for m in success)
     attempts = [m for m in seen1 if m["type"] == "model_download_attempt"]
@@ -193,18 +184,7 @@ async def test_download_streams_events_to_every_client_and_metrics_follow(
     rows = (await (await client.get("/gm/api/metrics/downloads")).json())["metrics"]
     ipfs_ok = {r["file"] for r in rows if r["layer"] == "ipfs" and r["status"] == "success"}
     assert ipfs_ok == set(world.files)
-    assert set(rows[0]) == {
-        "timestamp",
-        "model",
-        "file",
-        "layer",
-        "gateway",
-        "status",
-        "latency_ms",
-        "bytes_downloaded",
-        "error_type",
-        "error_message",
-    }
+    assert set(rows[0]) == ATTEMPT_RECORD_KEYS
     only_ipfs = (await (await client.get("/gm/api/metrics/downloads?layer=ipfs")).json())["metrics"]
     assert only_ipfs and {r["layer"] for r in only_ipfs} == {"ipfs"}
     two = (await (await client.get("/gm/api/metrics/downloads?limit=2")).json())["metrics"]
