@@ -93,12 +93,12 @@ class TrafficCounters:
             return self._max_in_flight
 
     def reset_counters(self) -> None:
-        """Forget the requests seen and the bytes sent (bodies still going count anew)."""
+        """Forget the requests seen, the bytes sent and the most concurrent bodies seen."""
         with self._counts_lock:
             self._requests.clear()
             self._sent.clear()
             self._bodies.clear()
-            self._max_in_flight = self._in_flight
+            self._max_in_flight = 0
 
     # -- kept by the server ---------------------------------------------------------------
 
