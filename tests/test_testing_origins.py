@@ -21,9 +21,11 @@ import pytest
 
 from modelfetch.testing import (
     EMPTY_CID,
+    FaultRules,
     GatewayServer,
     HubServer,
     SentRange,
+    Target,
     faults,
     git_blob_sha1,
     unused_url,
@@ -655,6 +657,41 @@ def test_hub_faults_target_resolve_or_cdn(hub: HubServer) -> None:
     assert raw_get(hub.url + location).body == MODEL[:100]
     with pytest.raises(ValueError):
         hub.inject(faults.hang(), on="ipfs")  # type: ignore[arg-type]
+
+
+def test_fault_rules_take_in_order_count_down_and_filter() -> None:
+    rules: FaultRules[str] = FaultRules({"cdn", "resolve"}, owner="TestOrigin")
+    cdn = Target("cdn", ("/cdn/abc", "org/m/onnx/model.onnx"))
+    rules.add("body:slow", on="cdn", times=2)
+    rules.add("request:500", path="onnx/model.onnx", times=1)
+    rules.add("request:503")  # forever
+    assert rules.take(Target("resolve", ("/x",)), lambda f: f.startswith("body")) is None
+    assert [rules.take(cdn, lambda f: f.startswith("body")) for _ in range(3)] == [
+        "body:slow",
+        "body:slow",
+        None,
+    ]
+    requests = [rules.take(cdn, lambda f: f.startswith("request")) for _ in range(3)]
+    assert requests == ["request:500", "request:503", "request:503"]
+    assert rules.take(Target("resolve", ("/other",))) == "request:503"
+    rules.clear()
+    assert rules.take(cdn) is None
+    with pytest.raises(ValueError, match="TestOrigin has no 'ipfs' requests"):
+        rules.add("x", on="ipfs")
+    with pytest.raises(ValueError):
+        rules.add("x", times=0)
+    # many threads taking a counted fault: each use is handed out exactly once
+    rules.add("once-each", times=500)
+    taken: list[str | None] = []
+    workers = [
+        threading.Thread(target=lambda: taken.extend(rules.take(cdn) for _ in range(100)))
+        for _ in range(8)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert taken.count("once-each") == 500 and taken.count(None) == 300
 
 
 def test_fault_factories_validate() -> None:

@@ -95,10 +95,5 @@ class FaultRules(Generic[F]):
         with self._lock:
             self._rules.clear()
 
-    def pending(self) -> list[FaultRule[F]]:
-        """The rules still waiting (copies, oldest first)."""
-        with self._lock:
-            return [FaultRule(r.fault, r.path, r.times, r.on) for r in self._rules]
-
 
 __all__ = ["FaultRule", "FaultRules", "Target", "name_matches"]
