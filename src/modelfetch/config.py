@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import platformdirs
-
 from .catalog import BUILTIN, ModelSpec, model_from_table
 from .errors import ConfigError
 from .events import Layer
@@ -87,10 +85,14 @@ class Settings:
 
 
 def default_models_dir() -> Path:
+    import platformdirs  # here, not above: only a default path needs it, and `--help` none
+
     return Path(platformdirs.user_cache_dir()) / "modelfetch"
 
 
 def default_config_file() -> Path:
+    import platformdirs
+
     return Path(platformdirs.user_config_dir("modelfetch")) / "config.toml"
 
 
