@@ -466,3 +466,13 @@ def test_tree_listing_with_unsafe_names_is_not_used(tmp_path: Path) -> None:
     assert cache.read_tree(REPO, commit) == {"ok.txt": RepoFile("ok.txt", 1, "b" * 40)}
     path.write_text(path.read_text().replace("ok.txt", "../evil"))
     assert cache.read_tree(REPO, commit) is None
+
+
+def test_cache_dir_resolution(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    assert HFCache.resolve(env={"HF_HOME": str(tmp_path)}).root == tmp_path / "hub"
+    assert HFCache.resolve("~/flag", env={"HOME": home, "HF_HUB_CACHE": "/x"}).root == Path(
+        home, "flag"
+    )
+    assert HFCache.resolve(env={"HOME": home, "HF_HUB_CACHE": "$HOME/c"}).root == Path(home, "c")
+    assert HFCache.resolve(env={"HOME": home}).root == Path(home, ".cache/huggingface/hub")

@@ -240,19 +240,40 @@ async def test_gated_repo_needs_the_token_for_files_only(hub: HubServer, tmp_pat
         info = await client.revision_info(REPO)  # the API answers anyone
         assert info.gated == "manual"
         snap = await client.snapshot(REPO)
-    # a file of it, as the engine will fetch it: the resolve URL, through the same client
-    url = f"{hub.url}{REPO.resolve_path(snap.commit, 'config.json')}"
+    # its files answer only to the token, typed GatedRepo, saying how to give one
     for token, status in [(None, 401), ("hf_wrong", 403)]:
         async with api(hub, token=token, token_path=token_path) as client:
             with pytest.raises(GatedRepo) as info_:
-                await client._get(url, REPO)
+                await client.file_metadata(REPO, snap.commit, "config.json")
         message = str(info_.value)
         assert info_.value.status == status and "gated" in message
         assert "HF_TOKEN" in message and str(token_path) in message
         assert TOKEN not in message and "hf_wrong" not in message
     async with api(hub, token=TOKEN) as client:
-        answer = await client._get(url, REPO)
-    assert answer.body == FILES["config.json"]
+        meta = await client.file_metadata(REPO, snap.commit, "config.json")
+    assert meta.etag == git_blob_sha1(FILES["config.json"])
+
+
+async def test_file_metadata_as_huggingface_hub_reads_it(hub: HubServer) -> None:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    async with api(hub) as client:
+        for path in ("config.json", "weights/big.bin", "onnx/model.onnx"):
+            ours = await client.file_metadata(REPO, "main", path)
+            theirs = get_hf_file_metadata(hf_hub_url(REPO.repo_id, path, endpoint=hub.url))
+            assert (ours.commit, ours.etag, ours.size) == (
+                theirs.commit_hash,
+                theirs.etag,
+                theirs.size,
+            )
+            assert ours.location == theirs.location
+            digests = Digests(ours.identity(), name=path)
+            digests.update(FILES[path])
+            digests.verify()
+        with pytest.raises(EntryNotFound):
+            await client.file_metadata(REPO, "main", "nope.txt")
+    big = hashlib.sha256(FILES["weights/big.bin"]).hexdigest()
+    assert hub.request_count(f"/cdn/{big}", method="HEAD") == 1  # theirs follows; ours stops
 
 
 async def test_private_repo_says_how_to_give_a_token(hub: HubServer, tmp_path: Path) -> None:
@@ -345,3 +366,26 @@ def test_repo_file_identity_and_etag() -> None:
         10,
     )
     assert lfs.identity().evidence == "huggingface"
+
+
+def test_the_hub_client_and_the_cache_do_not_import_aiohttp() -> None:
+    # An all-cached pull must start fast: these modules stay off aiohttp (and http.client
+    # until a request is made). The package __init__ is bypassed to see their own imports.
+    import subprocess
+    import sys
+
+    import modelfetch
+
+    code = (
+        "import sys, types\n"
+        "pkg = types.ModuleType('modelfetch')\n"
+        f"pkg.__path__ = {list(modelfetch.__path__)!r}\n"
+        "sys.modules['modelfetch'] = pkg\n"
+        "import modelfetch.hub, modelfetch.hubtypes, modelfetch.hfcache, modelfetch.hfscan\n"
+        "import modelfetch.hflocal\n"
+        "import modelfetch.config\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('aiohttp', 'rich', 'http', 'multiformats')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -13,7 +13,7 @@ import base64
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -111,12 +111,24 @@ class HubHTTP:
 
     # -- public -----------------------------------------------------------------------------
 
-    async def get(self, url: str, headers: Mapping[str, str] | None = None) -> Answer:
-        """GET `url`, retried; the last answer is returned whatever its status."""
+    async def get(
+        self,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        method: str = "GET",
+        stop_at: Callable[[Answer], bool] | None = None,
+    ) -> Answer:
+        """GET (or HEAD) `url`, retried; the last answer is returned whatever its status.
+
+        Redirects are followed, except one for which `stop_at(answer)` is true.
+        """
         for attempt in range(self.tries):
             last = attempt + 1 == self.tries
             try:
-                answer = await asyncio.to_thread(self._get_following, url, dict(headers or {}))
+                answer = await asyncio.to_thread(
+                    self._get_following, url, dict(headers or {}), method, stop_at
+                )
             except SourceError as exc:
                 if not exc.retryable or last:
                     raise
@@ -147,12 +159,20 @@ class HubHTTP:
             return min(self.max_backoff, asked)
         return min(self.max_backoff, self.backoff * (2.0**attempt))
 
-    def _get_following(self, url: str, headers: dict[str, str]) -> Answer:
-        """One try: GET, following redirects (blocking; runs in a worker thread)."""
+    def _get_following(
+        self,
+        url: str,
+        headers: dict[str, str],
+        method: str = "GET",
+        stop_at: Callable[[Answer], bool] | None = None,
+    ) -> Answer:
+        """One try, following redirects (blocking; runs in a worker thread)."""
         for _ in range(MAX_REDIRECTS + 1):
-            answer = self._get_once(url, headers)
+            answer = self._get_once(url, headers, method)
             location = answer.headers.get("location")
             if answer.status not in (301, 302, 303, 307, 308) or not location:
+                return answer
+            if stop_at is not None and stop_at(answer):
                 return answer
             target = urljoin(url, location)
             scheme = urlsplit(target).scheme.lower()
@@ -165,7 +185,7 @@ class HubHTTP:
             url = target
         raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects, last to {url}")
 
-    def _get_once(self, url: str, headers: dict[str, str]) -> Answer:
+    def _get_once(self, url: str, headers: dict[str, str], method: str = "GET") -> Answer:
         import http.client
 
         parts = urlsplit(url)
@@ -199,7 +219,7 @@ class HubHTTP:
             with self._lock:
                 self.requests += 1
             try:
-                conn.request("GET", target, headers=sent)
+                conn.request(method, target, headers=sent)
                 resp = conn.getresponse()
                 body = resp.read(MAX_BODY + 1)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
@@ -222,7 +242,7 @@ class HubHTTP:
                 conn.close()
                 raise InvalidHubAnswer(f"{url}: the answer is larger than {MAX_BODY:,} bytes")
             declared = resp.getheader("Content-Length", "")
-            if declared.isdigit() and int(declared) != len(body):
+            if method != "HEAD" and declared.isdigit() and int(declared) != len(body):
                 # read(amt) returns what arrived before the server closed, without an error
                 conn.close()
                 raise Truncated(f"{url}: the answer ended after {len(body):,} of {declared} bytes")

@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ from filelock import FileLock
 
 from .catalog import check_relpath
 from .errors import ModelfetchError, StorageError
-from .hub import RepoFile, RepoRef, is_commit
+from .hubtypes import RepoFile, RepoRef, is_commit
 from .store import storage_error
 
 if TYPE_CHECKING:
@@ -73,6 +73,16 @@ class HFCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).expanduser()
         self._file_mode: int | None = None
+
+    @classmethod
+    def resolve(
+        cls, flag: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> HFCache:
+        """The cache `--cache-dir` (or else HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub,
+        as huggingface_hub resolves it) names; `Settings.huggingface.cache_dir` holds the same."""
+        from .config import hf_cache_dir
+
+        return cls(hf_cache_dir(os.environ if env is None else env, flag))
 
     def __repr__(self) -> str:
         return f"HFCache({str(self.root)!r})"

@@ -43,7 +43,7 @@ from .hfcache import (
     write_atomic,
     write_tree_listing,
 )
-from .hub import RepoFile
+from .hubtypes import RepoFile
 from .store import storage_error
 
 

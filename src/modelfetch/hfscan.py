@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .hfcache import CACHEDIR_TAG, read_tree_listing
-from .hub import is_commit
+from .hubtypes import is_commit
 
 # huggingface_hub/constants.py REPO_TYPES_MAPPING and utils/_cache_manager.py FILES_TO_IGNORE
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space", "kernels": "kernel"}

@@ -19,25 +19,35 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import quote, urlencode, urljoin
 
 from ._hubhttp import Answer, HubHTTP, origin_of
 from .catalog import check_relpath
-from .errors import InvalidHubAnswer, InvalidRepoId
+from .errors import InvalidHubAnswer
 from .hashes import Identity
 from .huberrors import describe_hub_error, hub_error
+from .hubtypes import (
+    RepoFile,
+    RepoRef,
+    RepoSnapshot,
+    RepoType,
+    RevisionInfo,
+    Sibling,
+    filter_paths,
+    is_commit,
+)
 
 if TYPE_CHECKING:
     from .config import HuggingFaceSettings
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "FileMetadata",
     "HubAPI",
     "RepoFile",
     "RepoRef",
@@ -51,172 +61,28 @@ __all__ = [
     "is_commit",
 ]
 
-RepoType = Literal["model", "dataset"]
 _T = TypeVar("_T")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_PAGES = 100_000
 
-_COMMIT = re.compile(r"[0-9a-f]{40}")  # huggingface_hub's REGEX_COMMIT_HASH
+_SHA1 = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# huggingface_hub/utils/_validators.py REPO_ID_REGEX (ASCII only)
-_REPO_ID = re.compile(
-    r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b",
-    re.ASCII,
-)
 _LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]*)*)")
 
 
-def is_commit(revision: str) -> bool:
-    """True for a full 40-hex commit sha (which needs no resolving, as in snapshot_download)."""
-    return bool(_COMMIT.fullmatch(revision))
-
-
 @dataclass(frozen=True)
-class RepoRef:
-    """A repository on the hub: its id (`org/name`, or a legacy `name`) and type."""
+class FileMetadata:
+    """What a HEAD of a file's resolve URL says (as huggingface_hub's get_hf_file_metadata)."""
 
-    repo_id: str
-    repo_type: RepoType = "model"
-
-    def __post_init__(self) -> None:
-        if self.repo_type not in ("model", "dataset"):
-            raise InvalidRepoId(f"repo type {self.repo_type!r}: use 'model' or 'dataset'")
-        rid = self.repo_id
-        problem = None
-        if not isinstance(rid, str) or rid.count("/") > 1:
-            problem = "expected 'org/name'"
-        elif not _REPO_ID.fullmatch(rid):
-            problem = (
-                "use letters, digits, '-', '_' and '.', at most 96 per part, "
-                "not starting or ending with '-' or '.'"
-            )
-        elif "--" in rid or ".." in rid:
-            problem = "'--' and '..' are not allowed"
-        elif rid.endswith(".git"):
-            problem = "it cannot end with '.git'"
-        if problem:
-            raise InvalidRepoId(f"{rid!r} is not a Hugging Face repo id: {problem}")
-
-    def __str__(self) -> str:
-        return self.repo_id if self.repo_type == "model" else f"{self.repo_id} (dataset)"
-
-    @property
-    def folder_name(self) -> str:
-        """The repo's folder in the Hugging Face cache, e.g. `models--org--name`."""
-        return "--".join((f"{self.repo_type}s", *self.repo_id.split("/")))
-
-    @property
-    def api_path(self) -> str:
-        """`/api/models/org/name` (or `/api/datasets/...`)."""
-        return f"/api/{self.repo_type}s/{self.repo_id}"
-
-    @property
-    def url_prefix(self) -> str:
-        """The repo's path prefix in hub URLs: `/org/name` or `/datasets/org/name`."""
-        return f"/datasets/{self.repo_id}" if self.repo_type == "dataset" else f"/{self.repo_id}"
-
-    def resolve_path(self, revision: str, path: str) -> str:
-        """`/{prefix}/resolve/{revision}/{path}`, quoted as huggingface_hub.hf_hub_url does."""
-        return f"{self.url_prefix}/resolve/{quote(revision, safe='')}/{quote(path)}"
-
-
-@dataclass(frozen=True)
-class RepoFile:
-    """One file of a commit, as the tree lists it (`blob_id` is the git oid of what git
-    stores: the file itself, or the LFS pointer when `lfs_sha256` is set)."""
-
-    path: str
-    size: int
-    blob_id: str
-    lfs_sha256: str | None = None
-    xet_hash: str | None = None
-
-    @property
-    def is_lfs(self) -> bool:
-        return self.lfs_sha256 is not None
-
-    @property
-    def etag(self) -> str:
-        """The name huggingface_hub gives its blob: SHA-256 for LFS files, git SHA-1 otherwise."""
-        return self.lfs_sha256 if self.lfs_sha256 is not None else self.blob_id
+    commit: str | None  # X-Repo-Commit
+    etag: str  # X-Linked-Etag (SHA-256, LFS) or ETag (git-blob SHA-1)
+    size: int | None  # X-Linked-Size or Content-Length
+    location: str  # where the bytes are (the CDN URL of an LFS file)
 
     def identity(self) -> Identity:
-        """What the bytes must be: size and SHA-256 (LFS) or git-blob SHA-1."""
-        if self.lfs_sha256 is not None:
-            return Identity(size=self.size, sha256=self.lfs_sha256, evidence="huggingface")
-        return Identity(size=self.size, git_sha1=self.blob_id, evidence="huggingface")
-
-
-@dataclass(frozen=True)
-class Sibling:
-    """A file named by the revision info (sizes and hashes only with `blobs=True`)."""
-
-    path: str
-    size: int | None = None
-    blob_id: str | None = None
-    lfs_sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class RevisionInfo:
-    """What `GET /api/{type}s/{repo}/revision/{rev}` said."""
-
-    repo: RepoRef
-    revision: str
-    commit: str
-    repo_id: str  # as the hub names it (another name after a rename)
-    private: bool
-    gated: Literal[False] | str  # False, "auto" or "manual"
-    siblings: tuple[Sibling, ...]
-    last_modified: str | None = None
-
-
-@dataclass(frozen=True)
-class RepoSnapshot:
-    """A repo pinned to one commit: the files selected (`files`) out of all (`tree`)."""
-
-    repo: RepoRef
-    revision: str
-    commit: str
-    files: tuple[RepoFile, ...]
-    tree: tuple[RepoFile, ...]
-    info: RevisionInfo | None = None  # None when the revision already was a commit
-
-    def file(self, path: str) -> RepoFile:
-        for f in self.tree:
-            if f.path == path:
-                return f
-        raise KeyError(path)
-
-
-def filter_paths(
-    paths: Iterable[str], include: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> list[str]:
-    """Paths kept by `--include`/`--exclude` exactly as huggingface_hub's `filter_repo_objects`.
-
-    fnmatch globs, case-sensitive, `*` crossing `/`, a pattern ending in `/` meaning the whole
-    folder; no include pattern keeps everything. `filter_paths(["a.json", "b.bin"], ["*.json"])`
-    is `["a.json"]`.
-    """
-
-    def norm(p: str) -> str:
-        p = p.replace("\\", "/")
-        return p + "*" if p.endswith("/") else p
-
-    allow = [norm(p) for p in include]
-    deny = [norm(p) for p in exclude]
-    kept = []
-    for path in paths:
-        name = path.replace("\\", "/")
-        if allow and not any(fnmatchcase(name, p) for p in allow):
-            continue
-        if any(fnmatchcase(name, p) for p in deny):
-            continue
-        kept.append(path)
-    return kept
-
-
-# -- the client -------------------------------------------------------------------------------
+        if _SHA256.fullmatch(self.etag):
+            return Identity(size=self.size, sha256=self.etag, evidence="huggingface")
+        return Identity(size=self.size, git_sha1=self.etag, evidence="huggingface")
 
 
 class HubAPI:
@@ -337,6 +203,26 @@ class HubAPI:
                 url = urljoin(here, url)
         return list(files.values())
 
+    async def file_metadata(self, repo: RepoRef, revision: str, path: str) -> FileMetadata:
+        """HEAD of the file's resolve URL: commit, etag and size, stopping at the LFS redirect
+        (whose X-Linked-* headers are the answer). Gated repos answer here, not in the API."""
+        check_relpath(path, what="file name")
+        url = f"{self.endpoint}{repo.resolve_path(revision, path)}"
+        answer = await self._get(url, repo, method="HEAD")
+        h = answer.headers
+        etag = _unquote_etag(h.get("x-linked-etag") or h.get("etag"))
+        if not (_SHA1.fullmatch(etag) or _SHA256.fullmatch(etag)):
+            raise InvalidHubAnswer(f"{url}: no usable ETag ({etag!r}): cannot verify {path}")
+        size_text = h.get("x-linked-size") or h.get("content-length") or ""
+        commit = h.get("x-repo-commit", "").strip().lower()
+        location = urljoin(answer.url, h["location"]) if "location" in h else answer.url
+        return FileMetadata(
+            commit=commit if is_commit(commit) else None,
+            etag=etag,
+            size=int(size_text) if size_text.isdigit() else None,
+            location=location,
+        )
+
     async def snapshot(
         self,
         repo: RepoRef,
@@ -362,8 +248,11 @@ class HubAPI:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    async def _get(self, url: str, repo: RepoRef) -> Answer:
-        answer = await self._http.get(url)
+    async def _get(self, url: str, repo: RepoRef, *, method: str = "GET") -> Answer:
+        # A HEAD stops at a redirect that already carries the file's identity (LFS to CDN).
+        answer = await self._http.get(
+            url, method=method, stop_at=_linked if method == "HEAD" else None
+        )
         if answer.status >= 400 or answer.status < 200:
             message = describe_hub_error(
                 answer.status,
@@ -374,7 +263,7 @@ class HubAPI:
                 token_path=self.token_path,
             )
             raise hub_error(answer.status, answer.headers, answer.url, self._scrub(message))
-        if answer.status != 200:
+        if answer.status != 200 and not (method == "HEAD" and _linked(answer)):
             raise InvalidHubAnswer(
                 f"{repo}: {answer.url} answered HTTP {answer.status}, not the hub API's 200"
             )
@@ -432,7 +321,7 @@ def _hex(repo: RepoRef, path: str, value: object, pattern: re.Pattern[str], what
 def _revision_info(repo: RepoRef, revision: str, data: Any) -> RevisionInfo:
     if not isinstance(data, dict):
         raise _bad(f"{repo}: revision info", data)
-    commit = _hex(repo, revision, data.get("sha"), _COMMIT, "commit (sha)")
+    commit = _hex(repo, revision, data.get("sha"), _SHA1, "commit (sha)")
     siblings = []
     for item in data.get("siblings") or []:
         path = _safe_path(repo, item["rfilename"])
@@ -443,7 +332,7 @@ def _revision_info(repo: RepoRef, revision: str, data: Any) -> RevisionInfo:
             Sibling(
                 path=path,
                 size=None if size is None else _size(repo, path, size),
-                blob_id=None if blob_id is None else _hex(repo, path, blob_id, _COMMIT, "blobId"),
+                blob_id=None if blob_id is None else _hex(repo, path, blob_id, _SHA1, "blobId"),
                 lfs_sha256=None
                 if not lfs
                 else _hex(repo, path, lfs["sha256"], _SHA256, "LFS sha256"),
@@ -476,7 +365,7 @@ def _tree_page(repo: RepoRef, page: Any) -> list[RepoFile]:
         if item.get("type") != "file":
             continue
         size = _size(repo, path, item.get("size"))
-        blob_id = _hex(repo, path, item.get("oid"), _COMMIT, "git oid")
+        blob_id = _hex(repo, path, item.get("oid"), _SHA1, "git oid")
         lfs = item.get("lfs")
         sha256 = None
         if lfs is not None:
@@ -497,6 +386,17 @@ def _tree_page(repo: RepoRef, page: Any) -> list[RepoFile]:
             )
         )
     return files
+
+
+def _linked(answer: Answer) -> bool:
+    return "x-linked-etag" in answer.headers
+
+
+def _unquote_etag(value: str | None) -> str:
+    value = (value or "").strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"').lower()
 
 
 def _next_link(answer: Answer) -> str | None:
