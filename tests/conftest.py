@@ -57,18 +57,25 @@ CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reads the user's config, models dir or HF token."""
+    """No test reads the user's config, models dir, HF token or HF cache."""
     for var in (
         "MODELFETCH_HOME",
         "MODELFETCH_CONFIG",
         "HF_ENDPOINT",
         "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_TOKEN_PATH",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
         "MODELFETCH_IPFS_GATEWAYS",
         "MODELFETCH_TOKEN",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
 
 
 @pytest.fixture
@@ -118,7 +125,8 @@ class World:
 
 
 def fast_settings(models_dir: Path, hub_url: str, gateways: list[str], **changes: Any) -> Settings:
-    base = load_settings(models_dir=models_dir, env={})
+    hf_home = models_dir.parent / "hf-home"  # never the real ~/.cache/huggingface
+    base = load_settings(models_dir=models_dir, env={"HF_HOME": str(hf_home)})
     return replace(
         base,
         ipfs=IPFSSettings(
@@ -131,6 +139,8 @@ def fast_settings(models_dir: Path, hub_url: str, gateways: list[str], **changes
             connect_timeout=1.0,
             backoff=0.05,
             max_backoff=3,
+            cache_dir=hf_home / "hub",
+            token_path=hf_home / "token",
         ),
         **changes,
     )

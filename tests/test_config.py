@@ -94,3 +94,113 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, match: str) -> N
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(config_file=tmp_path / "nope.toml", env={})
+
+
+# -- the Hugging Face environment, as huggingface_hub reads it ----------------------------------
+
+_HF_PROBE = """
+import importlib, json, os, sys
+cases = json.loads(sys.argv[1])
+from huggingface_hub import constants
+from huggingface_hub.utils import _auth
+out = []
+for env in cases:
+    for k in [k for k in os.environ if k.startswith(("HF_", "HUGGING", "TRANSFORMERS", "XDG_"))]:
+        del os.environ[k]
+    os.environ.update(env)
+    importlib.reload(constants)
+    token = _auth._get_token_from_environment() or _auth._get_token_from_file()
+    out.append([constants.HF_HUB_CACHE, constants.HF_TOKEN_PATH, constants.HF_HUB_OFFLINE, token])
+print(json.dumps(out))
+"""
+
+
+def test_hf_environment_matches_huggingface_hub(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from modelfetch.config import hf_cache_dir, hf_offline, hf_token, hf_token_path
+
+    home = tmp_path / "home"
+    (home / ".cache" / "huggingface").mkdir(parents=True)
+    (home / ".cache" / "huggingface" / "token").write_text("hf_default\n")
+    (tmp_path / "hfh").mkdir()
+    (tmp_path / "hfh" / "token").write_text("  hf_from_home \r\n")
+    (tmp_path / "tok").write_text("hf_from_path")
+    (tmp_path / "empty").write_text("\n")
+    base = {"HOME": str(home)}
+    cases = [
+        base,
+        {**base, "XDG_CACHE_HOME": str(tmp_path / "xdg")},
+        {**base, "HF_HOME": str(tmp_path / "hfh"), "HF_HUB_OFFLINE": "yes"},
+        {
+            **base,
+            "HF_HOME": "~/elsewhere",
+            "HF_HUB_CACHE": "$HOME/c",
+            "HF_HUB_OFFLINE": "0",
+            "TRANSFORMERS_OFFLINE": "1",
+        },
+        {**base, "HUGGINGFACE_HUB_CACHE": str(tmp_path / "legacy"), "TRANSFORMERS_OFFLINE": "ON"},
+        {**base, "HF_TOKEN_PATH": str(tmp_path / "tok"), "HF_HUB_OFFLINE": "false"},
+        {**base, "HF_TOKEN_PATH": str(tmp_path / "empty")},
+        {**base, "HF_TOKEN": " hf_env\n", "HF_TOKEN_PATH": str(tmp_path / "tok")},
+        {**base, "HF_TOKEN": "", "HUGGING_FACE_HUB_TOKEN": "hf_legacy"},
+        {**base, "HF_TOKEN_PATH": str(tmp_path / "missing")},
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    probe = subprocess.run(
+        [sys.executable, "-c", _HF_PROBE, json.dumps(cases)],
+        env={**env, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    theirs = json.loads(probe.stdout)
+    ours = [
+        [str(hf_cache_dir(c)), str(hf_token_path(c)), hf_offline(c), hf_token(c)] for c in cases
+    ]
+    assert ours == theirs
+    assert {t[3] for t in theirs} >= {"hf_default", "hf_from_home", "hf_from_path", None}
+
+
+def test_hf_settings_precedence_and_repr(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("hf_SeCrEtFromFile\n")
+    env = {"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    s = load_settings(env=env)
+    hf = s.huggingface
+    assert hf.token == "hf_SeCrEtFromFile"
+    assert hf.offline is True
+    assert hf.cache_dir == tmp_path / "hub"
+    assert hf.token_path == tmp_path / "token"
+    assert "hf_SeCrEtFromFile" not in repr(s) and "hf_SeCrEtFromFile" not in repr(hf)
+    flagged = load_settings(env=env, cache_dir=tmp_path / "flag-cache", offline=True)
+    assert flagged.huggingface.cache_dir == tmp_path / "flag-cache"
+    online = load_settings(env={"HF_HOME": str(tmp_path / "none")}, offline=None)
+    assert online.huggingface.offline is False and online.huggingface.token is None
+
+
+def test_unreadable_token_file_is_no_token(tmp_path: Path) -> None:
+    (tmp_path / "token").mkdir()  # a directory: reading it fails
+    s = load_settings(env={"HF_HOME": str(tmp_path)})
+    assert s.huggingface.token is None
+
+
+def test_mirrors_parsed_and_validated(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path, '[huggingface]\nmirrors = ["http://10.0.0.2:8765/", "https://m.example"]\n'
+    )
+    s = load_settings(config_file=cfg, env={})
+    assert s.huggingface.mirrors == ("http://10.0.0.2:8765", "https://m.example")
+    assert load_settings(env={}).huggingface.mirrors == ()
+    for text, match in [
+        ('mirrors = ["ftp://x"]', "http"),
+        ('mirrors = "http://x"', "list"),
+        ('mirrors = ["http://x", "http://x/"]', "twice"),
+        ("offline = true", "unknown key"),
+        ('cache_dir = "/tmp/x"', "unknown key"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            load_settings(config_file=write(tmp_path, f"[huggingface]\n{text}\n"), env={})

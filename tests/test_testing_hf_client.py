@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +201,156 @@ def test_all_traffic_stayed_on_loopback(hub: HubServer, tmp_path: Path) -> None:
     assert os.environ.get("HF_ENDPOINT") is None
     download(hub, tmp_path, "org/bert", "onnx/model.onnx")
     assert hub.request_count() == 3  # HEAD resolve (302), HEAD cdn, GET cdn: nothing else
+
+
+# -- the hub API, as huggingface_hub's HfApi and snapshot_download read it ---------------------
+
+
+def test_repo_info_with_files_metadata(hub: HubServer) -> None:
+    api = hf.HfApi(endpoint=hub.url, token=False)
+    info = api.repo_info("org/bert", files_metadata=True)
+    assert info.id == "org/bert" and info.sha == hub.commit("org/bert")
+    assert info.private is False and info.gated is False
+    assert info.last_modified is not None
+    by_name = {s.rfilename: s for s in info.siblings}
+    assert set(by_name) == {"config.json", "model.safetensors", "onnx/model.onnx"}
+    config = by_name["config.json"]
+    assert (config.size, config.blob_id, config.lfs) == (len(CONFIG), git_blob_sha1(CONFIG), None)
+    weights = by_name["model.safetensors"]
+    assert weights.lfs is not None
+    assert (weights.lfs.sha256, weights.lfs.size) == (
+        hashlib.sha256(WEIGHTS).hexdigest(),
+        len(WEIGHTS),
+    )
+    pointer = (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{weights.lfs.sha256}\n"
+        f"size {len(WEIGHTS)}\n"
+    ).encode()
+    assert weights.lfs.pointer_size == len(pointer) and weights.blob_id == git_blob_sha1(pointer)
+    data = api.dataset_info("org/corpus")
+    assert data.sha == hub.commit("org/corpus", repo_type="dataset")
+    assert [s.rfilename for s in data.siblings] == ["data/train/rows.csv"]
+
+
+def test_list_repo_tree_over_pages(hub: HubServer) -> None:
+    hub.tree_page_size = 2
+    api = hf.HfApi(endpoint=hub.url, token=False)
+    entries = list(api.list_repo_tree("org/bert", recursive=True))
+    files = {e.path: e for e in entries if isinstance(e, hf.hf_api.RepoFile)}
+    folders = [e.path for e in entries if isinstance(e, hf.hf_api.RepoFolder)]
+    assert set(files) == {"config.json", "model.safetensors", "onnx/model.onnx"}
+    assert folders == ["onnx"]
+    assert files["config.json"].blob_id == git_blob_sha1(CONFIG)
+    assert files["onnx/model.onnx"].lfs.sha256 == hashlib.sha256(ONNX).hexdigest()
+    assert len(hub.requests_in("api")) == 2  # 4 entries, 2 a page, followed by Link
+    top = [e.path for e in api.list_repo_tree("org/bert")]
+    assert top == ["config.json", "model.safetensors", "onnx"]
+    inside = [e.path for e in api.list_repo_tree("org/bert", path_in_repo="onnx")]
+    assert inside == ["onnx/model.onnx"]
+    with pytest.raises(hf_errors.EntryNotFoundError):
+        list(api.list_repo_tree("org/bert", path_in_repo="nope"))
+
+
+def snapshot(hub: HubServer, cache: Path, repo: str, **kwargs: object) -> Path:
+    kwargs.setdefault("token", False)
+    return Path(hf.snapshot_download(repo, cache_dir=cache, endpoint=hub.url, **kwargs))
+
+
+def test_snapshot_download_with_patterns(hub: HubServer, tmp_path: Path) -> None:
+    hub.tree_page_size = 1
+    path = snapshot(
+        hub,
+        tmp_path,
+        "org/bert",
+        allow_patterns=["*.json", "onnx/"],
+        ignore_patterns=["*.safetensors"],
+    )
+    commit = hub.commit("org/bert")
+    assert path == tmp_path / "models--org--bert" / "snapshots" / commit
+    assert sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) == [
+        "config.json",
+        "onnx/model.onnx",
+    ]
+    assert (path / "onnx" / "model.onnx").read_bytes() == ONNX
+    listing = json.loads((tmp_path / "models--org--bert" / "trees" / f"{commit}.json").read_text())
+    assert set(listing["files"]) == {"config.json", "model.safetensors", "onnx/model.onnx"}
+    data = snapshot(hub, tmp_path, "org/corpus", repo_type="dataset")
+    assert (data / "data" / "train" / "rows.csv").read_bytes() == ROWS
+    assert "datasets--org--corpus" in data.parts
+    # offline, the tree listing tells this partial snapshot from a complete one
+    with pytest.raises(hf_errors.IncompleteSnapshotError):
+        snapshot(hub, tmp_path, "org/bert", local_files_only=True)
+
+
+def test_snapshot_download_follows_a_moved_branch(hub: HubServer, tmp_path: Path) -> None:
+    first = snapshot(hub, tmp_path, "org/bert")
+    new = hub.push(
+        "org/bert", {"config.json": b'{"model_type": "gpt2"}\n'}, delete=["onnx/model.onnx"]
+    )
+    hub.reset_counters()
+    second = snapshot(hub, tmp_path, "org/bert")
+    assert second.name == new != first.name
+    assert (second / "config.json").read_bytes() == b'{"model_type": "gpt2"}\n'
+    assert not (second / "onnx").exists()
+    assert (first / "config.json").read_bytes() == CONFIG  # the old snapshot is intact
+    assert (tmp_path / "models--org--bert" / "refs" / "main").read_text() == new
+    sha = hashlib.sha256(WEIGHTS).hexdigest()
+    assert hub.request_count(f"/cdn/{sha}", method="GET") == 0  # unchanged blob reused
+    old = snapshot(hub, tmp_path / "other", "org/bert", revision=first.name)
+    assert (old / "onnx" / "model.onnx").read_bytes() == ONNX  # old commits stay served
+    hub.tag("org/bert", "v1.0", first.name)
+    tagged = snapshot(hub, tmp_path / "tagged", "org/bert", revision="v1.0")
+    assert tagged.name == first.name
+
+
+def test_snapshot_download_of_a_gated_repo(hub: HubServer, tmp_path: Path) -> None:
+    hub.set_gated("org/bert", token="secret")
+    api = hf.HfApi(endpoint=hub.url, token=False)
+    assert api.repo_info("org/bert").gated == "manual"  # the API answers without a token
+    assert len(list(api.list_repo_tree("org/bert", recursive=True))) == 4
+    with pytest.raises(hf_errors.GatedRepoError):
+        snapshot(hub, tmp_path, "org/bert")
+    with pytest.raises(hf_errors.GatedRepoError):
+        snapshot(hub, tmp_path, "org/bert", token="wrong")
+    path = snapshot(hub, tmp_path, "org/bert", token="secret")
+    assert (path / "model.safetensors").read_bytes() == WEIGHTS
+
+
+def test_private_repo(hub: HubServer, tmp_path: Path) -> None:
+    hub.set_private("org/bert", token="secret")
+    api = hf.HfApi(endpoint=hub.url, token=False)
+    for call in (
+        lambda: api.repo_info("org/bert"),
+        lambda: list(api.list_repo_tree("org/bert")),
+        lambda: snapshot(hub, tmp_path, "org/bert"),
+        lambda: download(hub, tmp_path, "org/bert", "config.json", token=False),
+    ):
+        with pytest.raises(hf_errors.RepositoryNotFoundError) as info:
+            call()
+        assert not isinstance(info.value, hf_errors.GatedRepoError)
+    assert hf.HfApi(endpoint=hub.url, token="secret").repo_info("org/bert").private is True
+    assert (snapshot(hub, tmp_path, "org/bert", token="secret") / "config.json").exists()
+
+
+def test_revision_not_found_and_a_renamed_repo(hub: HubServer, tmp_path: Path) -> None:
+    api = hf.HfApi(endpoint=hub.url, token=False)
+    with pytest.raises(hf_errors.RevisionNotFoundError):
+        api.repo_info("org/bert", revision="v9")
+    with pytest.raises(hf_errors.RevisionNotFoundError):
+        snapshot(hub, tmp_path, "org/bert", revision="v9")
+    hub.rename("org/bert", "org/bert-base")
+    assert api.repo_info("org/bert").id == "org/bert-base"
+    assert download(hub, tmp_path, "org/bert", "config.json", token=False).read_bytes() == CONFIG
+
+
+def test_api_faults_and_counters(hub: HubServer, tmp_path: Path) -> None:
+    hub.inject(faults.status(500), on="api", times=1)
+    hub.inject(faults.status(503), on="api", path="tree", times=1)
+    with pytest.raises(hf_errors.HfHubHTTPError):
+        hf.HfApi(endpoint=hub.url, token=False).repo_info("org/bert")  # repo_info: no retry
+    path = snapshot(hub, tmp_path, "org/bert")  # the tree page is retried by hf's backoff
+    assert (path / "config.json").exists()
+    counts = hub.category_counts()
+    assert counts["api"] == 4  # 500, revision, 503, tree
+    assert counts["resolve"] == 4  # a HEAD of each file, and the GET of the small one
+    assert counts["cdn"] == 4  # HEAD and GET of each LFS file

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -20,8 +21,11 @@ import pytest
 
 from modelfetch.testing import (
     EMPTY_CID,
+    FaultRules,
     GatewayServer,
     HubServer,
+    SentRange,
+    Target,
     faults,
     git_blob_sha1,
     unused_url,
@@ -655,6 +659,41 @@ def test_hub_faults_target_resolve_or_cdn(hub: HubServer) -> None:
         hub.inject(faults.hang(), on="ipfs")  # type: ignore[arg-type]
 
 
+def test_fault_rules_take_in_order_count_down_and_filter() -> None:
+    rules: FaultRules[str] = FaultRules({"cdn", "resolve"}, owner="TestOrigin")
+    cdn = Target("cdn", ("/cdn/abc", "org/m/onnx/model.onnx"))
+    rules.add("body:slow", on="cdn", times=2)
+    rules.add("request:500", path="onnx/model.onnx", times=1)
+    rules.add("request:503")  # forever
+    assert rules.take(Target("resolve", ("/x",)), lambda f: f.startswith("body")) is None
+    assert [rules.take(cdn, lambda f: f.startswith("body")) for _ in range(3)] == [
+        "body:slow",
+        "body:slow",
+        None,
+    ]
+    requests = [rules.take(cdn, lambda f: f.startswith("request")) for _ in range(3)]
+    assert requests == ["request:500", "request:503", "request:503"]
+    assert rules.take(Target("resolve", ("/other",))) == "request:503"
+    rules.clear()
+    assert rules.take(cdn) is None
+    with pytest.raises(ValueError, match="TestOrigin has no 'ipfs' requests"):
+        rules.add("x", on="ipfs")
+    with pytest.raises(ValueError):
+        rules.add("x", times=0)
+    # many threads taking a counted fault: each use is handed out exactly once
+    rules.add("once-each", times=500)
+    taken: list[str | None] = []
+    workers = [
+        threading.Thread(target=lambda: taken.extend(rules.take(cdn) for _ in range(100)))
+        for _ in range(8)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert taken.count("once-each") == 500 and taken.count(None) == 300
+
+
 def test_fault_factories_validate() -> None:
     with pytest.raises(ValueError):
         faults.stall(-1)
@@ -665,3 +704,207 @@ def test_fault_factories_validate() -> None:
     with pytest.raises(ValueError):
         faults.slow(0)
     assert faults.stall(3).body_level and not faults.hang().body_level
+
+
+# -- rate caps, black holes, faults of one range, range counters --------------------------
+
+MB = 1_000_000
+BIG = random.Random(7).randbytes(4 << 20)  # 4 MiB: a quarter takes 0.5 s at 2 MB/s
+BIG_CID = "bafkreibig"
+
+
+@dataclass
+class Timed:
+    answer: Answer
+    began: float
+    ended: float
+
+    @property
+    def rate(self) -> float:
+        return len(self.answer.body) / (self.ended - self.began)
+
+
+def fetch_together(requests: list[tuple[str, dict[str, str]]]) -> list[Timed]:
+    """Each (url, headers) on its own connection, all started at once; timed from the client."""
+    barrier = threading.Barrier(len(requests))
+    results: list[Timed | None] = [None] * len(requests)
+
+    def run(i: int, url: str, headers: dict[str, str]) -> None:
+        barrier.wait()
+        began = time.monotonic()
+        answer = fetch(url, headers=headers, timeout=10)
+        results[i] = Timed(answer, began, time.monotonic())
+
+    threads = [threading.Thread(target=run, args=(i, *r)) for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    done = [r for r in results if r is not None]
+    assert len(done) == len(requests)
+    return done
+
+
+def quarters(size: int) -> list[tuple[int, int]]:
+    step = size // 4
+    return [(i * step, (i + 1) * step - 1) for i in range(4)]
+
+
+@pytest.fixture
+def big_gateway() -> Iterator[GatewayServer]:
+    with GatewayServer() as server:
+        server.add_file(BIG_CID, BIG)
+        yield server
+
+
+def test_per_connection_cap_holds_each_connection_not_the_sum(big_gateway: GatewayServer) -> None:
+    cap = 2 * MB
+    url = big_gateway.ipfs_url(BIG_CID)
+    big_gateway.limit(per_connection=cap)
+    (one,) = fetch_together([(url, {"Range": f"bytes=0-{(1 << 20) - 1}"})])
+    assert one.answer.body == BIG[: 1 << 20]
+    assert one.rate <= 1.1 * cap  # by design at most the cap, from the client's clock
+    four = fetch_together([(url, {"Range": f"bytes={a}-{b}"}) for a, b in quarters(len(BIG))])
+    assert b"".join(t.answer.body for t in four) == BIG
+    assert all(t.rate <= 1.1 * cap for t in four)
+    # the 4 connections together: about 4 caps, well above one, never above 4
+    span = max(t.ended for t in four) - min(t.began for t in four)
+    assert 2.5 * cap <= len(BIG) / span <= 4 * 1.1 * cap, len(BIG) / span / cap
+    big_gateway.limit()  # no caps: loopback speed again
+    (free,) = fetch_together([(url, {})])
+    assert free.rate > 5 * cap
+
+
+def test_total_cap_holds_the_sum_of_connections() -> None:
+    cap = 8 * MB
+    with HubServer() as hub:
+        info = hub.add_file("org/big", "big.bin", BIG, lfs=True)
+        url = hub.cdn_url(info.sha256)
+        hub.limit(total=cap)
+        got = fetch_together([(url, {"Range": f"bytes={a}-{b}"}) for a, b in quarters(len(BIG))])
+        assert all(t.answer.status == 206 for t in got)
+        assert b"".join(t.answer.body for t in got) == BIG
+        span = max(t.ended for t in got) - min(t.began for t in got)
+        assert len(BIG) / span <= 1.1 * cap
+        assert all(t.rate <= 1.1 * cap for t in got)
+        # the counters a multi-range client is checked with
+        assert hub.range_request_count() == 4 and hub.request_count() == 4
+        assert hub.max_concurrent_bodies == 4
+        ranges = sorted(hub.sent_ranges("big.bin"), key=lambda r: r.start)
+        assert ranges == [
+            SentRange(f"/cdn/{info.sha256}", a, b + 1, True, b + 1 - a)
+            for a, b in quarters(len(BIG))
+        ]
+        hub.reset_counters()
+        assert hub.max_concurrent_bodies == 0 and hub.sent_ranges() == []
+
+
+def test_caps_together_and_validation(big_gateway: GatewayServer) -> None:
+    url = big_gateway.ipfs_url(BIG_CID)
+    big_gateway.limit(per_connection=4 * MB, total=2 * MB)  # the tighter cap wins
+    (one,) = fetch_together([(url, {"Range": "bytes=0-524287"})])
+    assert one.answer.body == BIG[: 1 << 19]
+    assert one.rate <= 1.1 * 2 * MB
+    for bad in ({"per_connection": 0}, {"total": -1}):
+        with pytest.raises(ValueError):
+            big_gateway.limit(**bad)
+
+
+def test_caps_pace_faulted_bodies(big_gateway: GatewayServer) -> None:
+    big_gateway.limit(per_connection=2 * MB)
+    big_gateway.inject(faults.reset(after_bytes=300_000), times=1)
+    began = time.monotonic()
+    got = raw_get(big_gateway.ipfs_url(BIG_CID), {"Range": "bytes=100000-"}, timeout=5)
+    assert time.monotonic() - began >= 300_000 / (2 * MB)
+    assert (got.status, got.ending, got.body) == (206, "reset", BIG[100_000:400_000])
+
+
+def test_fault_black_hole_never_reads_nor_answers(gateway: GatewayServer) -> None:
+    gateway.inject(faults.black_hole(), times=2)
+    url = gateway.ipfs_url(CID, "config.json")
+    for _ in range(2):
+        got = raw_get(url, timeout=0.3)  # the connection is accepted, the request sent
+        assert (got.ending, got.head, got.body) == ("timeout", b"", b"")
+    assert gateway.request_count() == 0  # never read, so never seen as a request
+    assert fetch(url).body == SMALL  # the third connection is served
+    with pytest.raises(ValueError):
+        gateway.inject(faults.black_hole(), path="config.json")
+
+
+def test_stop_drops_black_holed_connections() -> None:
+    server = GatewayServer().start()
+    server.inject(faults.black_hole())
+    results: list[Raw] = []
+    thread = threading.Thread(target=lambda: results.append(raw_get(server.url + "/", timeout=30)))
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    server.stop()
+    thread.join(5)
+    assert time.monotonic() - started < 3
+    assert [(r.ending, r.head) for r in results] in ([("eof", b"")], [("reset", b"")])
+
+
+def test_fault_reset_counts_from_the_range_start(hub: HubServer) -> None:
+    cdn = hub.url + fetch(hub.resolve_url("org/model", "onnx/model.onnx")).headers["location"]
+    for rng, want in (("bytes=1000-", MODEL[1000:1500]), ("bytes=2000-2999", MODEL[2000:2500])):
+        hub.inject(faults.reset(after_bytes=500), on="cdn", times=1)
+        got = raw_get(cdn, {"Range": rng}, timeout=2)
+        assert (got.status, got.ending, got.body) == (206, "reset", want)
+    hub.inject(faults.reset(after_bytes=500), on="cdn", times=1)
+    got = raw_get(cdn, {"Range": "bytes=16000-16099"}, timeout=2)  # shorter than the cut
+    assert (got.status, got.body) == (206, MODEL[16000:16100])
+
+
+def test_fault_wrong_bytes_at_a_file_offset_hits_one_range(gateway: GatewayServer) -> None:
+    url = gateway.ipfs_url(CID, "onnx/model.onnx")
+    gateway.inject(faults.wrong_bytes(file_offset=5000, count=2), times=1)
+    bodies = {}
+    for a, b in ((0, 4095), (8192, 16383), (4096, 8191), (4096, 8191)):
+        got = fetch(url, headers={"Range": f"bytes={a}-{b}"})
+        assert got.status == 206
+        bodies.setdefault((a, b), []).append(got.body)
+    assert bodies[(0, 4095)] == [MODEL[:4096]]
+    assert bodies[(8192, 16383)] == [MODEL[8192:]]
+    lied, honest = bodies[(4096, 8191)]  # the covering range took the fault; the retry did not
+    assert honest == MODEL[4096:8192]
+    assert [i + 4096 for i, (x, y) in enumerate(zip(lied, honest, strict=True)) if x != y] == [
+        5000,
+        5001,
+    ]
+    # a flip straddling a range's start only changes the bytes inside it, in every body
+    gateway.inject(faults.wrong_bytes(file_offset=4095, count=2))
+    assert fetch(url, headers={"Range": "bytes=0-4094"}).body == MODEL[:4095]
+    part = fetch(url, headers={"Range": "bytes=4096-4099"}).body
+    assert part == bytes([MODEL[4096] ^ 0xFF]) + MODEL[4097:4100]
+    whole = fetch(url).body
+    assert [i for i, (x, y) in enumerate(zip(whole, MODEL, strict=True)) if x != y] == [4095, 4096]
+    with pytest.raises(ValueError):
+        faults.wrong_bytes(at=1, file_offset=1)
+
+
+@pytest.mark.parametrize("where", ["resolve", "cdn", "gateway"])
+def test_ranges_on_every_file_path(hub: HubServer, gateway: GatewayServer, where: str) -> None:
+    data, origin = MODEL, gateway
+    url = gateway.ipfs_url(CID, "onnx/model.onnx")
+    if where == "resolve":
+        data, origin, url = SMALL, hub, hub.resolve_url("org/model", "config.json")
+    elif where == "cdn":
+        origin = hub
+        url = hub.url + fetch(hub.resolve_url("org/model", "onnx/model.onnx")).headers["location"]
+    origin.reset_counters()
+    n = len(data)
+    closed = fetch(url, headers={"Range": "bytes=3-9"})
+    assert (closed.status, closed.body) == (206, data[3:10])
+    assert closed.headers["content-range"] == f"bytes 3-9/{n}"
+    opened = fetch(url, headers={"Range": "bytes=5-"})
+    assert (opened.status, opened.body) == (206, data[5:])
+    assert opened.headers["content-range"] == f"bytes 5-{n - 1}/{n}"
+    past = fetch(url, headers={"Range": "bytes=2-100000"})  # a last byte beyond: up to the end
+    assert (past.status, past.body) == (206, data[2:])
+    beyond = fetch(url, headers={"Range": f"bytes={n}-"})
+    assert (beyond.status, beyond.headers["content-range"]) == (416, f"bytes */{n}")
+    assert fetch(url).status == 200
+    assert origin.range_request_count() == 4 and origin.request_count() == 5
+    sent = [(r.start, r.end, r.ranged, r.sent) for r in origin.sent_ranges()]
+    assert sent == [(3, 10, True, 7), (5, n, True, n - 5), (2, n, True, n - 2), (0, n, False, n)]

@@ -794,3 +794,88 @@ async def test_memory_backend_sources() -> None:
     with TrustlessGatewayServer(corrupt) as server:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
             assert (await fetch(session, server.ipfs_url(root, format="raw"))).status == 502
+
+
+# -- rate caps and range counters ---------------------------------------------------------------
+
+MB = 1_000_000
+QUARTER = 4 * CHUNK  # 1 MiB: four 256 KiB leaves of CIDV1_DEFAULTS
+
+
+@pytest.fixture
+def big_file() -> Iterator[tuple[TrustlessGatewayServer, Cid, bytes]]:
+    data = random.Random(11).randbytes(4 * QUARTER)
+    backend = MemoryBackend()
+    root = backend.add_file(data, CIDV1_DEFAULTS)
+    with TrustlessGatewayServer(backend) as server:
+        yield server, root, data
+
+
+async def car_range(car: bytes, root: Cid, lo: int, length: int) -> bytes:
+    """Bytes [lo, lo + length) of the file `root`, read from a CAR's blocks (hash-checked)."""
+    got = b""
+    async for piece in DagReader(MemoryBlockStore.from_car(car)).iter_file(root, offset=lo):
+        got += piece
+        if len(got) >= length:
+            break
+    return got[:length]
+
+
+async def timed_car(session: aiohttp.ClientSession, url: str) -> tuple[bytes, float, float]:
+    began = time.monotonic()
+    async with session.get(url) as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    return body, began, time.monotonic()
+
+
+async def test_caps_pace_entity_byte_cars(
+    big_file: tuple[TrustlessGatewayServer, Cid, bytes],
+) -> None:
+    server, root, data = big_file
+    cap = 2 * MB
+    urls = [
+        server.ipfs_url(root, format="car", entity_bytes=f"{lo}:{lo + QUARTER - 1}")
+        for lo in range(0, len(data), QUARTER)
+    ]
+    server.limit(per_connection=cap)
+    connector = aiohttp.TCPConnector(limit=8)
+    async with aiohttp.ClientSession(timeout=TIMEOUT, connector=connector) as session:
+        got = await asyncio.gather(*(timed_car(session, url) for url in urls))
+        for (body, began, ended), lo in zip(got, range(0, len(data), QUARTER), strict=True):
+            assert await car_range(body, root, lo, QUARTER) == data[lo : lo + QUARTER]
+            assert len(body) / (ended - began) <= 1.1 * cap  # each connection under its cap
+        span = max(e for _, _, e in got) - min(b for _, b, _ in got)
+        together = sum(len(b) for b, _, _ in got) / span
+        assert 2.5 * cap <= together <= 4 * 1.1 * cap, together / cap
+        assert server.range_request_count() == 4 and server.max_concurrent_bodies == 4
+        ranges = sorted((r.start, r.end, r.ranged) for r in server.sent_ranges(str(root)))
+        assert ranges == [(lo, lo + QUARTER, True) for lo in range(0, len(data), QUARTER)]
+        assert sorted(r.sent for r in server.sent_ranges()) == sorted(len(b) for b, _, _ in got)
+
+        # a total cap holds the sum; raw blocks obey it too
+        server.limit(total=2 * cap)
+        got = await asyncio.gather(*(timed_car(session, url) for url in urls[:2]))
+        span = max(e for _, _, e in got) - min(b for _, b, _ in got)
+        assert sum(len(b) for b, _, _ in got) / span <= 1.1 * 2 * cap
+        leaf = file_node(data[:CHUNK], CIDV1_DEFAULTS).cid
+        block, began, ended = await timed_car(session, server.ipfs_url(leaf, format="raw"))
+        assert block == data[:CHUNK] and len(block) / (ended - began) <= 1.1 * 2 * cap
+
+
+async def test_wrong_bytes_at_a_file_offset_changes_raw_blocks_not_cars(
+    memory_server: tuple[TrustlessGatewayServer, MemoryBackend, Cid],
+) -> None:
+    server, _, root = memory_server
+    weights = _model_files()["onnx/model.onnx"]
+    leaf = file_node(weights[:CHUNK], CIDV1_DEFAULTS).cid
+    server.inject(faults.wrong_bytes(file_offset=10))
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        car = await fetch(session, server.ipfs_url(root, "onnx/model.onnx", format="car"))
+        assert await read_car_file(car.body, root, path="onnx/model.onnx") == weights
+        raw = (await fetch(session, server.ipfs_url(leaf, format="raw"))).body
+        assert [i for i, (a, b) in enumerate(zip(raw, weights, strict=False)) if a != b] == [10]
+        ranged = await fetch(
+            session, server.ipfs_url(leaf, format="raw"), headers={"Range": "bytes=100-199"}
+        )
+        assert (ranged.status, ranged.body) == (206, weights[100:200])  # not the covering range

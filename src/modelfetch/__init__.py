@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import os
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .catalog import HuggingFaceRef, IPFSRef, ModelSpec
-from .config import Settings, load_settings
-from .engine import Fetcher, FileResult, ModelResult
-from .errors import (
-    AllSourcesFailed,
-    ConfigError,
-    ModelfetchError,
-    SourceError,
-    StorageError,
-    UnknownModel,
-    UnsafePath,
-    VerificationError,
-)
-from .events import AttemptEvent, Listener, ProgressEvent
+if TYPE_CHECKING:
+    from .catalog import HuggingFaceRef, IPFSRef, ModelSpec
+    from .config import Settings, load_settings
+    from .engine import Fetcher, FileResult, ModelResult
+    from .errors import (
+        AllSourcesFailed,
+        ConfigError,
+        ModelfetchError,
+        SourceError,
+        StorageError,
+        UnknownModel,
+        UnsafePath,
+        VerificationError,
+    )
+    from .events import AttemptEvent, Listener, ProgressEvent
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,42 @@ __all__ = [
     "pull",
 ]
 
+# Where each public name lives. They are imported on first use (PEP 562), so that
+# `import modelfetch.cli` (every run of the command) does not import the engine and aiohttp.
+_EXPORTS = {
+    "HuggingFaceRef": ".catalog",
+    "IPFSRef": ".catalog",
+    "ModelSpec": ".catalog",
+    "Settings": ".config",
+    "load_settings": ".config",
+    "Fetcher": ".engine",
+    "FileResult": ".engine",
+    "ModelResult": ".engine",
+    "AllSourcesFailed": ".errors",
+    "ConfigError": ".errors",
+    "ModelfetchError": ".errors",
+    "SourceError": ".errors",
+    "StorageError": ".errors",
+    "UnknownModel": ".errors",
+    "UnsafePath": ".errors",
+    "VerificationError": ".errors",
+    "AttemptEvent": ".events",
+    "ProgressEvent": ".events",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 async def apull(
     models: str | Sequence[str],
@@ -67,6 +105,9 @@ async def apull(
     A file that no source could deliver is reported in `ModelResult.errors`
     (an AllSourcesFailed naming every attempt); nothing unverified is installed.
     """
+    from .config import load_settings
+    from .engine import Fetcher
+
     names = [models] if isinstance(models, str) else list(models)
     if settings is None:
         settings = load_settings(config_file=config, models_dir=models_dir, prefer=prefer)
@@ -84,6 +125,8 @@ def pull(
     listeners: Iterable[Listener] = (),
 ) -> list[ModelResult]:
     """Blocking form of `apull` (runs its own event loop)."""
+    import asyncio
+
     return asyncio.run(
         apull(
             models,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -10,11 +12,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import platformdirs
-
 from .catalog import BUILTIN, ModelSpec, model_from_table
 from .errors import ConfigError
 from .events import Layer
+
+log = logging.getLogger(__name__)
 
 LAYERS: tuple[Layer, ...] = ("cache", "ipfs", "huggingface")
 DEFAULT_GATEWAYS = (
@@ -37,18 +39,104 @@ class IPFSSettings:
     connect_timeout: float = 10.0
 
 
+# -- the Hugging Face environment, read exactly as huggingface_hub 2.4 reads it -------------
+# (huggingface_hub/constants.py and utils/_auth.py; names and precedence are theirs)
+
+_TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})  # constants.ENV_VARS_TRUE_VALUES
+
+
+def hf_home(env: Mapping[str, str]) -> Path:
+    """`HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`."""
+    default = os.path.join(env.get("XDG_CACHE_HOME") or _home(env, ".cache"), "huggingface")
+    return Path(_expand(env.get("HF_HOME") or default, env))
+
+
+def hf_cache_dir(env: Mapping[str, str], flag: str | os.PathLike[str] | None = None) -> Path:
+    """The hub cache: `--cache-dir`, else `HF_HUB_CACHE` (or the legacy
+    `HUGGINGFACE_HUB_CACHE`), else `$HF_HOME/hub`."""
+    if flag is not None and str(flag):
+        return Path(_expand(os.fspath(flag), env))
+    value = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    return Path(_expand(value, env)) if value else hf_home(env) / "hub"
+
+
+def hf_token_path(env: Mapping[str, str]) -> Path:
+    """Where `hf auth login` writes the token: `HF_TOKEN_PATH`, else `$HF_HOME/token`."""
+    value = env.get("HF_TOKEN_PATH")
+    return Path(_expand(value, env)) if value else hf_home(env) / "token"
+
+
+def hf_token(env: Mapping[str, str]) -> str | None:
+    """The token huggingface_hub would send: `HF_TOKEN` (or the legacy
+    `HUGGING_FACE_HUB_TOKEN`), else the token file; CR/LF removed, stripped, empty = none."""
+    from_env = _clean_token(env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN"))
+    if from_env is not None:
+        return from_env
+    path = hf_token_path(env)
+    try:
+        return _clean_token(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        # Not fatal: most commands need no token; a gated pull then says how to give one.
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        log.warning("ignoring the Hugging Face token file %s: %s", path, reason)
+        return None
+
+
+def hf_offline(env: Mapping[str, str]) -> bool:
+    """`HF_HUB_OFFLINE` (else `TRANSFORMERS_OFFLINE`) is one of 1/ON/YES/TRUE, any case."""
+    value = env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE")
+    return value is not None and value.upper() in _TRUE_VALUES
+
+
+def _clean_token(token: str | None) -> str | None:
+    if token is None:
+        return None
+    return token.replace("\r", "").replace("\n", "").strip() or None
+
+
+def _home(env: Mapping[str, str], *parts: str) -> str:
+    home = env.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, *parts)
+
+
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
+
+
+def _expand(value: str, env: Mapping[str, str]) -> str:
+    """`os.path.expandvars(os.path.expanduser(value))`, reading variables from `env`."""
+    if value == "~" or value.startswith("~/"):
+        value = _home(env) + value[1:]
+    else:
+        value = os.path.expanduser(value)  # ~user
+
+    def var(match: re.Match[str]) -> str:
+        name = match.group(1).strip("{}")
+        return env.get(name, match.group(0))
+
+    return _VAR.sub(var, value)
+
+
 @dataclass(frozen=True)
 class HuggingFaceSettings:
-    """How the Hugging Face hub is reached."""
+    """How the Hugging Face hub is reached, and where its cache is.
+
+    Built directly (tests), the cache dir and token path come from the process environment;
+    `load_settings` fills them from the environment it is given.
+    """
 
     endpoint: str = DEFAULT_HF_ENDPOINT
     token: str | None = field(default=None, repr=False)  # never printed
-    retries: int = 3
+    retries: int = 3  # tries in all, per request
     timeout: float = 30.0  # seconds without progress
     connect_timeout: float = 10.0
     backoff: float = 1.0  # first wait; doubles each retry
     max_backoff: float = 60.0
     mirrors: tuple[str, ...] = ()  # HF-compatible mirrors, asked before `endpoint`
+    offline: bool = False  # HF_HUB_OFFLINE / --offline: no request at all
+    cache_dir: Path = field(default_factory=lambda: hf_cache_dir(os.environ))
+    token_path: Path = field(default_factory=lambda: hf_token_path(os.environ))
 
 
 @dataclass(frozen=True)
@@ -70,7 +158,7 @@ class Settings:
     models_dir: Path
     order: tuple[Layer, ...] = LAYERS
     ipfs: IPFSSettings = IPFSSettings()
-    huggingface: HuggingFaceSettings = HuggingFaceSettings()
+    huggingface: HuggingFaceSettings = field(default_factory=HuggingFaceSettings)
     transfer: TransferSettings = TransferSettings()
     models: Mapping[str, ModelSpec] = field(default_factory=lambda: dict(BUILTIN))
     concurrency: int = 4  # files of one model downloaded at once
@@ -101,10 +189,14 @@ class Settings:
 
 
 def default_models_dir() -> Path:
+    import platformdirs  # here, not above: only a default path needs it, and `--help` none
+
     return Path(platformdirs.user_cache_dir()) / "modelfetch"
 
 
 def default_config_file() -> Path:
+    import platformdirs
+
     return Path(platformdirs.user_config_dir("modelfetch")) / "config.toml"
 
 
@@ -114,8 +206,13 @@ def load_settings(
     models_dir: str | os.PathLike[str] | None = None,
     prefer: str | None = None,
     env: Mapping[str, str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
 ) -> Settings:
-    """Build Settings: flag arguments > environment > config file > defaults."""
+    """Build Settings: flag arguments > environment > config file > defaults.
+
+    `cache_dir` is `--cache-dir` (the Hugging Face cache), `offline` is `--offline`.
+    """
     env = os.environ if env is None else env
     path = _config_path(config_file, env)
     table = _read_toml(path) if path else {}
@@ -123,7 +220,12 @@ def load_settings(
     settings = _apply_env(settings, env)
     if models_dir is not None:
         settings = replace(settings, models_dir=Path(models_dir).expanduser())
-    return settings.preferring(prefer)
+    hf = settings.huggingface
+    if cache_dir is not None:
+        hf = replace(hf, cache_dir=hf_cache_dir(env, cache_dir))
+    if offline:
+        hf = replace(hf, offline=True)
+    return replace(settings, huggingface=hf).preferring(prefer)
 
 
 def _config_path(flag: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
@@ -254,10 +356,14 @@ def _order(value: object, where: str) -> tuple[Layer, ...]:
     return layers
 
 
+# Settings only the environment or a flag gives (a token never sits in a config file).
+_NOT_IN_FILE = frozenset({"token", "offline", "cache_dir", "token_path"})
+
+
 def _section(default: Any, value: object, name: str, where: str) -> Any:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: [{name}] must be a table")
-    allowed = {k for k in default.__dataclass_fields__ if k != "token"}
+    allowed = {k for k in default.__dataclass_fields__ if k not in _NOT_IN_FILE}
     unknown = set(value) - allowed
     if unknown:
         raise ConfigError(
@@ -268,6 +374,8 @@ def _section(default: Any, value: object, name: str, where: str) -> Any:
         current = getattr(default, key)
         if key == "gateways":
             changes[key] = _gateways(raw, f"{where}: [ipfs] gateways")
+        elif key == "mirrors":
+            changes[key] = _mirrors(raw, f"{where}: [huggingface] mirrors")
         elif key == "endpoint":
             changes[key] = _base_url(raw, f"{where}: [huggingface] endpoint")
         elif (
@@ -300,14 +408,28 @@ def _gateways(value: object, where: str) -> tuple[str, ...]:
     return tuple(_base_url(v, where) for v in value)
 
 
+def _mirrors(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise ConfigError(f"{where}: expected a list of http(s) base URLs (it may be empty)")
+    mirrors = tuple(_base_url(v, where) for v in value)
+    if len(set(mirrors)) != len(mirrors):
+        raise ConfigError(f"{where}: a mirror is listed twice")
+    return mirrors
+
+
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     if env.get("MODELFETCH_HOME"):
         settings = replace(settings, models_dir=Path(env["MODELFETCH_HOME"]).expanduser())
     hf = settings.huggingface
     if env.get("HF_ENDPOINT"):
         hf = replace(hf, endpoint=_base_url(env["HF_ENDPOINT"], "HF_ENDPOINT"))
-    if env.get("HF_TOKEN"):
-        hf = replace(hf, token=env["HF_TOKEN"].strip())
+    hf = replace(
+        hf,
+        token=hf_token(env),
+        offline=hf_offline(env),
+        cache_dir=hf_cache_dir(env),
+        token_path=hf_token_path(env),
+    )
     ipfs = settings.ipfs
     if env.get("MODELFETCH_IPFS_GATEWAYS"):
         ipfs = replace(

@@ -26,6 +26,10 @@ class UnknownModel(ConfigError):
     """No model of that name is in the built-in catalog or the config file."""
 
 
+class InvalidRepoId(ConfigError):
+    """A Hugging Face repo id is malformed (not `name` or `org/name` as the hub allows)."""
+
+
 # -- sources (network) ----------------------------------------------------------------
 
 
@@ -81,6 +85,36 @@ class NoSuchFile(SourceError):
     """The source does not have this file (not applicable, not an error of the network)."""
 
     retryable = False
+
+
+class InvalidHubAnswer(SourceError):
+    """A hub answered with something that is not the hub API (not JSON, fields missing or bad)."""
+
+    retryable = False
+
+
+class HubError(HTTPStatus):
+    """The hub refused with a typed error (`X-Error-Code`); trying again will not help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.retryable = False
+
+
+class RepoNotFound(HubError):
+    """No such repository on the hub, or it is private and the token (if any) has no access."""
+
+
+class RevisionNotFound(HubError):
+    """The repository exists but not the branch, tag or commit asked for."""
+
+
+class EntryNotFound(HubError):
+    """The repository and revision exist but not this file or directory."""
+
+
+class GatedRepo(HubError):
+    """The repository is gated: its terms must be accepted and a token with access given."""
 
 
 # -- verification -----------------------------------------------------------------------

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import HashMismatch, SizeMismatch
-from .ipfs.verify import CidCheck
 
 HASH_BLOCK = 1 << 20
 
@@ -75,6 +74,9 @@ class Digests:
         self._checks = list(checks)
         if identity.cid and not identity.sha256 and not identity.git_sha1:
             # Known by its CID alone: recompute it (an extra hash pass only in this case).
+            # Imported here: it loads the whole UnixFS importer, which `status` never needs.
+            from .ipfs.verify import CidCheck
+
             self._checks.append(CidCheck(identity.cid, name=name))
 
     def update(self, data: bytes | memoryview) -> None:

@@ -11,7 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from filelock import FileLock, Timeout
 
@@ -25,7 +25,9 @@ from .errors import (
 )
 from .hashes import Digests, Identity, Verified, feed_file, file_signature
 from .manifest import MANIFEST_NAME, FileEntry, Manifest, write_json_atomic
-from .onnxcheck import OnnxStreamCheck
+
+if TYPE_CHECKING:
+    from .onnxcheck import OnnxStreamCheck
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ def storage_error(exc: OSError, path: Path, *, needed: int | None = None) -> Sto
 
 def stream_checks(path: str) -> list[OnnxStreamCheck]:
     """Structural checks that apply to a file by its name (ONNX models get one)."""
+    from .onnxcheck import OnnxStreamCheck  # here: `status` and `verify` of a stamp need none
+
     return [OnnxStreamCheck()] if path.endswith(".onnx") else []
 
 

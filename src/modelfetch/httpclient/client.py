@@ -57,8 +57,10 @@ class Response:
         url: str,
         method: str,
         stall: float,
+        sent: Mapping[str, str],
     ) -> None:
         self._client = client
+        self.sent_headers = sent  # what the request carried (is a token in it?)
         self._key = key
         self._conn: Connection | None = conn
         self.url = url
@@ -247,7 +249,7 @@ class Client:
             except BaseException:
                 conn.close()
                 raise
-            return Response(self, key, conn, head, url, method, timeouts.stall)
+            return Response(self, key, conn, head, url, method, timeouts.stall, sent)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _take(self, key: _Key) -> Connection | None:

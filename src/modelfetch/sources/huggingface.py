@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from .. import hub
 from ..catalog import HuggingFaceRef
-from ..config import HuggingFaceSettings
+from ..config import HuggingFaceSettings, hf_token_path
 from ..errors import HTTPStatus, SourceError, Unverifiable
 from ..events import Layer
 from ..hashes import Identity, is_sha256
@@ -16,33 +18,17 @@ from ..httpclient import Client, Response
 from .base import ByteStream, FileRequest, Proof
 from .http import backoff_delay, open_range, request, sleep_for_retry
 
-_HINTS = {
-    "GatedRepo": "the repository is gated: accept its terms on the hub and set HF_TOKEN",
-    "RepoNotFound": "repository not found (or private: set HF_TOKEN)",
-    "RevisionNotFound": "revision not found",
-    "EntryNotFound": "file not found in the repository",
-    "DisabledRepo": "the repository has been disabled",
-}
-
 
 def describe_hub_error(resp: Response) -> str:
     """The hub's typed error (X-Error-Code) as a sentence naming the URL and what to do."""
-    code = resp.headers.get("X-Error-Code") or ""
-    message = resp.headers.get("X-Error-Message") or ""
-    hint = _HINTS.get(code)
-    if hint is None:
-        if resp.status == 401:
-            hint = "authentication required: set HF_TOKEN (or the repository does not exist)"
-        elif resp.status == 403:
-            hint = "access denied: the token lacks access to this repository"
-        elif resp.status == 404:
-            hint = "not found"
-        elif resp.status == 429:
-            hint = "rate limited by the hub"
-        else:
-            hint = resp.reason or "error"
-    detail = f" ({message})" if message else ""
-    return f"HTTP {resp.status}: {hint}{detail}: {resp.url}"
+    return hub.describe_hub_error(
+        resp.status,
+        dict(resp.headers.items()),
+        resp.url,
+        reason=resp.reason,
+        token_sent="Authorization" in resp.sent_headers,
+        token_path=hf_token_path(os.environ),
+    )
 
 
 @dataclass

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 FaultKind = Literal[
+    "black_hole",
     "hang",
     "drop",
     "stall",
@@ -31,11 +32,16 @@ On = Literal["any", "resolve", "cdn"]
 OversizeLength = Literal["none", "file", "sent"]
 """What `Content-Length` an oversize answer announces: none, the file's size, or what is sent."""
 
-# Faults that change how a file body is sent: they only apply to a GET that serves file bytes
-# (never to HEAD, redirects or error pages). The others replace the whole answer.
+FaultLevel = Literal["connection", "request", "body"]
+"""Where a fault acts: on a connection before any request is read, on the whole answer to a
+request, or on the body of a GET that sends file bytes (never HEAD, redirects, error pages)."""
+
 BODY_KINDS: frozenset[str] = frozenset(
     {"stall", "reset", "wrong_bytes", "truncated", "oversize", "slow", "ignore_range"}
 )
+"""The kinds that change how a body is sent."""
+CONNECTION_KINDS: frozenset[str] = frozenset({"black_hole"})
+"""The kinds that take a whole connection before its request is read."""
 
 DEFAULT_HTML_ERROR_PAGE = (
     b"<!DOCTYPE html>\n<html><head><title>Error 1020 | Access denied</title></head>\n"
@@ -61,16 +67,42 @@ class Fault:
     bytes_per_sec: int = 0
     at: int | None = None
     count: int = 1
+    file_offset: int | None = None
+
+    @property
+    def level(self) -> FaultLevel:
+        """Where the fault acts: "connection", "request" or "body" (see FaultLevel)."""
+        if self.kind in CONNECTION_KINDS:
+            return "connection"
+        return "body" if self.kind in BODY_KINDS else "request"
 
     @property
     def body_level(self) -> bool:
         """True when the fault changes a file body (GET with bytes) rather than the whole answer."""
-        return self.kind in BODY_KINDS
+        return self.level == "body"
+
+    def covers(self, start: int, end: int) -> bool:
+        """Whether a body of the file range [start, end) is one this fault changes.
+
+        Only a flip at a `file_offset` picks its ranges: the bodies overlapping its bytes.
+        """
+        if self.file_offset is None:
+            return True
+        return self.file_offset < end and self.file_offset + self.count > start
 
 
 def _non_negative(name: str, value: int) -> None:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def black_hole() -> Fault:
+    """Accept the TCP connection and never read or answer anything (until the server stops).
+
+    It takes connections, not requests: the next `times` connections accepted are swallowed
+    (a request never read cannot match a `path`), whatever the client sends on them.
+    """
+    return Fault("black_hole")
 
 
 def hang() -> Fault:
@@ -95,13 +127,22 @@ def reset(after_bytes: int = 0) -> Fault:
     return Fault("reset", after_bytes=after_bytes)
 
 
-def wrong_bytes(at: int | None = None, count: int = 1) -> Fault:
-    """Send a body of the right length with `count` bytes flipped from body offset `at`."""
+def wrong_bytes(at: int | None = None, count: int = 1, *, file_offset: int | None = None) -> Fault:
+    """Send a body of the right length with `count` bytes flipped from body offset `at`.
+
+    `at` None: from the middle of the body. With `file_offset` instead, the flipped bytes sit
+    at that offset of the file, so only bodies whose range covers it are wrong (and use the
+    fault up): one origin lying about one range of a file.
+    """
     if at is not None:
         _non_negative("at", at)
+    if file_offset is not None:
+        _non_negative("file_offset", file_offset)
+        if at is not None:
+            raise ValueError("give wrong_bytes either a body offset `at` or a `file_offset`")
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    return Fault("wrong_bytes", at=at, count=count)
+    return Fault("wrong_bytes", at=at, count=count, file_offset=file_offset)
 
 
 def truncated(after_bytes: int) -> Fault:
@@ -180,11 +221,14 @@ def unused_url() -> str:
 
 __all__ = [
     "BODY_KINDS",
+    "CONNECTION_KINDS",
     "DEFAULT_HTML_ERROR_PAGE",
     "Fault",
     "FaultKind",
+    "FaultLevel",
     "On",
     "OversizeLength",
+    "black_hole",
     "drop",
     "hang",
     "html_error_page",

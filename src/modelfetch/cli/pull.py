@@ -1,0 +1,105 @@
+"""`modelfetch pull`: models into the models dir, verified, with a summary or JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..config import LAYERS
+from ..errors import error_report
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    common_options,
+    echo,
+    echo_error,
+    echo_json,
+    handle_errors,
+    human_bytes,
+    is_terminal,
+    run,
+    settings_from,
+)
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..engine import ModelResult
+    from ..events import Listener
+
+
+@click.command("pull")
+@click.argument("models", nargs=-1, required=True)
+@common_options
+@click.option("--prefer", type=click.Choice(LAYERS), default=None, help="Try this layer first.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.pass_context
+@handle_errors
+def pull_command(
+    ctx: click.Context,
+    models: tuple[str, ...],
+    config_file: Path | None,
+    models_dir: Path | None,
+    prefer: str | None,
+    as_json: bool,
+) -> None:
+    """Download MODEL(s) into the models dir, verified."""
+    settings = settings_from(ctx, config_file, models_dir, prefer)
+    for name in models:
+        settings.model(name)  # unknown names fail before any transfer
+    results = run(_pull(settings, list(models)))
+    ok = all(r.ok for r in results)
+    if as_json:
+        echo_json(pull_document(results))
+    else:
+        render_pull(results)
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+async def _pull(settings: Settings, names: list[str]) -> list[ModelResult]:
+    from ..engine import Fetcher
+
+    with contextlib.ExitStack() as stack:
+        listeners: list[Listener] = []
+        if is_terminal(err=True):  # bars only on a terminal, and rich imported only for them
+            from rich.console import Console
+
+            from ..progress import ProgressDisplay
+
+            bars = ProgressDisplay(Console(stderr=True, highlight=False), enabled=True)
+            listeners.append(stack.enter_context(bars).listener)
+        async with Fetcher(settings, listeners=listeners) as fetcher:
+            return await fetcher.pull(names)
+
+
+def pull_document(results: list[ModelResult]) -> dict[str, Any]:
+    return {
+        "ok": all(r.ok for r in results),
+        "models": [
+            {
+                "name": r.name,
+                "dir": str(r.dir),
+                "files": [f.to_dict() for f in sorted(r.files, key=lambda f: f.path)],
+            }
+            for r in results
+        ],
+        "errors": [error_report(r.name, e) for r in results for e in r.errors],
+    }
+
+
+def render_pull(results: list[ModelResult]) -> None:
+    for r in results:
+        fetched = sum(f.bytes_downloaded for f in r.files)
+        state = click.style("ok", fg="green") if r.ok else click.style("FAILED", fg="red")
+        echo(
+            f"{r.name}: {state} {len(r.files)} file(s) in {r.dir}, "
+            f"{human_bytes(fetched)} downloaded"
+        )
+        for f in sorted(r.files, key=lambda f: f.path):
+            where = f" {f.gateway}" if f.gateway else ""
+            echo(f"  {f.path}  {human_bytes(f.size)}  {f.source}{where}")
+        for e in r.errors:
+            echo_error(e)
