@@ -175,7 +175,9 @@ async def test_hub_404_is_not_retried_and_says_why(world: World) -> None:
     result, _ = await pull(world, order=("huggingface",))
     err = next(e for e in result.errors if isinstance(e, AllSourcesFailed))
     assert err.path == "config.json"
-    hub_attempts = [a for a in err.attempts if a.layer == "huggingface"]
+    hub_attempts = [
+        a for a in err.attempts if a.layer == "huggingface" and a.error_type != "Skipped"
+    ]
     assert len(hub_attempts) == 1, "a 404 must not be retried"
     assert "file not found in the repository" in hub_attempts[0].message
     assert world.hub.request_count("config.json") == 1
@@ -431,13 +433,35 @@ async def test_files_come_from_the_commit_the_hub_reported(world: World) -> None
     assert gets and all(f"/resolve/{commit}/" in p for p in gets)
 
 
-async def test_a_hung_gateway_costs_the_stall_timeout_per_try(world: World) -> None:
+async def test_a_hung_gateway_costs_one_stall_timeout_then_the_next_origin(world: World) -> None:
+    # The stall timeout (1 s) is shorter than the hedge delay (2 s): each file's request to
+    # the hung gateway fails once, and the next origin is asked at once rather than after the
+    # hung gateway's retry pause; the hung gateway is not asked again for that file.
     world.gateways[0].inject(faults.hang())
     ipfs = replace(world.settings.ipfs, timeout=1.0, retries=2, connect_timeout=10.0)
     started = time.monotonic()
     result, events = await pull(world, ipfs=ipfs, concurrency=3)
     assert_installed(world, result)
     hung = [e for e in events if isinstance(e, AttemptEvent) and e.gateway == world.gateways[0].url]
-    assert len(hung) == 2 * len(world.files) and {e.error_type for e in hung} == {"Stalled"}
+    assert len(hung) == len(world.files) and {e.error_type for e in hung} == {"Stalled"}
     assert all(e.latency_ms is not None and e.latency_ms < 2500 for e in hung)
-    assert time.monotonic() - started < 8  # files in parallel: about 2 tries x 1 s each
+    assert {f.gateway for f in result.files} == {world.gateways[1].url}
+    assert time.monotonic() - started < 5  # files in parallel: about one 1 s stall each
+
+
+async def test_a_black_holed_gateway_is_raced_after_the_hedge_delay(world: World) -> None:
+    # A gateway that never answers, with a stall timeout far above the hedge delay: after
+    # hedge_delay the next origin is raced and wins; the black hole costs that delay once.
+    world.gateways[0].inject(faults.hang())
+    ipfs = replace(world.settings.ipfs, timeout=30.0, retries=2)
+    transfer = replace(world.settings.transfer, hedge_delay=0.5)
+    started = time.monotonic()
+    result, events = await pull(world, ipfs=ipfs, transfer=transfer, concurrency=3)
+    elapsed = time.monotonic() - started
+    assert_installed(world, result)
+    assert {f.gateway for f in result.files} == {world.gateways[1].url}
+    hedged = [
+        e for e in events if isinstance(e, AttemptEvent) and e.gateway == world.gateways[0].url
+    ]
+    assert hedged and all("no first byte within 0.5 s" in (e.error_message or "") for e in hedged)
+    assert elapsed < 5  # not the 30 s stall timeout

@@ -133,10 +133,22 @@ class HuggingFaceSettings:
     connect_timeout: float = 10.0
     backoff: float = 1.0  # first wait; doubles each retry
     max_backoff: float = 60.0
-    mirrors: tuple[str, ...] = ()  # HF-compatible base URLs, raced before `endpoint` (not yet)
+    mirrors: tuple[str, ...] = ()  # HF-compatible mirrors, asked before `endpoint`
     offline: bool = False  # HF_HUB_OFFLINE / --offline: no request at all
     cache_dir: Path = field(default_factory=lambda: hf_cache_dir(os.environ))
     token_path: Path = field(default_factory=lambda: hf_token_path(os.environ))
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """The `[transfer]` table: connections per large file, piece sizes, hedging."""
+
+    connections: int = 8  # connections per large file, spread over every origin that has it
+    min_segment: int = 8 << 20  # bytes (the file says MiB); a file under 2 x this: one connection
+    hedge_delay: float = 2.0  # s without a first byte before the next-best origin is raced
+    min_steal: int = 1 << 20  # never split a piece into parts smaller than this
+    flush_bytes: int = 1 << 20  # a connection hands its bytes to the disk at least this often
+    flush_every: float = 1.0  # ... and at least this often (s)
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,7 @@ class Settings:
     order: tuple[Layer, ...] = LAYERS
     ipfs: IPFSSettings = IPFSSettings()
     huggingface: HuggingFaceSettings = field(default_factory=HuggingFaceSettings)
+    transfer: TransferSettings = TransferSettings()
     models: Mapping[str, ModelSpec] = field(default_factory=lambda: dict(BUILTIN))
     concurrency: int = 4  # files of one model downloaded at once
     retention_hours: float = 24.0  # how long attempt records are kept
@@ -248,6 +261,7 @@ _TOP_KEYS = {
     "models",
     "concurrency",
     "retention_hours",
+    "transfer",
 }
 
 
@@ -264,6 +278,7 @@ def _from_table(table: Mapping[str, Any], path: Path | None) -> Settings:
     order = _order(table.get("order", LAYERS), where)
     ipfs = _section(IPFSSettings(), table.get("ipfs", {}), "ipfs", where)
     hf = _section(HuggingFaceSettings(), table.get("huggingface", {}), "huggingface", where)
+    transfer = _transfer(table.get("transfer", {}), where)
     models = dict(BUILTIN)
     raw_models = table.get("models", {})
     if not isinstance(raw_models, Mapping):
@@ -287,9 +302,42 @@ def _from_table(table: Mapping[str, Any], path: Path | None) -> Settings:
         order=order,
         ipfs=ipfs,
         huggingface=hf,
+        transfer=transfer,
         models=models,
         concurrency=concurrency,
         config_file=path,
+    )
+
+
+def _transfer(value: object, where: str) -> TransferSettings:
+    """The `[transfer]` table: connections (1-64), min_segment (MiB), hedge_delay (s)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: [transfer] must be a table")
+    known = {"connections", "min_segment", "hedge_delay"}
+    unknown = set(value) - known
+    if unknown:
+        raise ConfigError(
+            f"{where}: [transfer] unknown key(s) {sorted(unknown)}; known: {sorted(known)}"
+        )
+    out = TransferSettings()
+    connections = value.get("connections", out.connections)
+    if (
+        isinstance(connections, bool)
+        or not isinstance(connections, int)
+        or not 1 <= connections <= 64
+    ):
+        raise ConfigError(f"{where}: [transfer] connections must be an integer from 1 to 64")
+    segment = value.get("min_segment", out.min_segment / (1 << 20))
+    if isinstance(segment, bool) or not isinstance(segment, int | float) or not segment > 0:
+        raise ConfigError(f"{where}: [transfer] min_segment must be a positive number of MiB")
+    hedge = value.get("hedge_delay", out.hedge_delay)
+    if isinstance(hedge, bool) or not isinstance(hedge, int | float) or hedge < 0:
+        raise ConfigError(f"{where}: [transfer] hedge_delay must be a number of seconds >= 0")
+    return replace(
+        out,
+        connections=connections,
+        min_segment=max(1, int(segment * (1 << 20))),
+        hedge_delay=float(hedge),
     )
 
 

@@ -1,4 +1,13 @@
-"""The fallback chain: layer order, retries, single-flight downloads, events."""
+"""The chain: a file's identity, the cache, the origins of every layer, install, events.
+
+For each file: the cache (verified in place, no network) first; then the expected identity
+is settled once from the best evidence (manifest, the hub's metadata, the IPFS CID); then the
+origins of every network layer in `order`, each layer's origins ranked, become the candidates
+of one transfer (`transfer.fetch`): a small file comes from the best of them (others raced
+only by hedging), a large one is spread over all. What a run learns about an origin (down,
+lying, slow) holds for every file of the run. A failure names every layer and origin, tried
+or skipped, with the reason.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +16,32 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from .attempts import FileLog
 from .catalog import ModelSpec
 from .config import Settings, load_settings
 from .errors import (
     AllSourcesFailed,
     Attempt,
-    ConnectFailed,
+    HashMismatch,
     ModelfetchError,
-    SizeMismatch,
     SourceError,
     StorageError,
     VerificationError,
-    error_type,
 )
-from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent, ProgressMeter, now_ms
-from .hashes import Identity, Verified
+from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent
+from .hashes import Digests, Identity
+from .httpclient import Client
 from .records import Records
-from .sources.base import ByteStream, FileRequest, Origin, Source
+from .sources.base import FileRequest, Origin, Source
 from .sources.huggingface import HuggingFaceSource
 from .sources.ipfs import IPFSGatewaySource
-from .store import Store
-from .transfer import PartialWriter, Receiving, receive
+from .store import Store, stream_checks
+from .transfer import NoOrigin, PartialFile, RunState, WrongBytes, fetch
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +59,10 @@ class FileResult:
     source: Layer
     gateway: str | None
     bytes_downloaded: int
+    origins: tuple[tuple[Layer, str, int], ...] = ()  # (layer, base URL, bytes) of each used
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "path": self.path,
             "size": self.size,
             "sha256": self.sha256,
@@ -62,6 +70,12 @@ class FileResult:
             "gateway": self.gateway,
             "bytes_downloaded": self.bytes_downloaded,
         }
+        if len(self.origins) > 1:
+            out["origins"] = [
+                {"source": layer, "gateway": base, "bytes_downloaded": n}
+                for layer, base, n in self.origins
+            ]
+        return out
 
 
 @dataclass
@@ -79,9 +93,9 @@ class ModelResult:
 
 
 class Fetcher:
-    """Gets model files into the models dir from the first layer that delivers verified bytes.
+    """Gets model files into the models dir from whichever origins deliver verified bytes.
 
-    Use as an async context manager (it owns an HTTP session), or call `aclose()`.
+    Use as an async context manager (it owns an HTTP client), or call `aclose()`.
     """
 
     def __init__(
@@ -109,7 +123,7 @@ class Fetcher:
             )
         )
         self._sources: dict[str, Source] = {s.layer: s for s in known}
-        self._session: aiohttp.ClientSession | None = None
+        self._client: Client | None = None
         self._closed = False
         self._inflight: dict[Path, asyncio.Task[FileResult]] = {}
         self._slots = asyncio.Semaphore(self.settings.concurrency)
@@ -127,9 +141,9 @@ class Fetcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
         if self.records is not None and self._own_records:
             await asyncio.to_thread(self.records.close)
             self.records = None
@@ -148,32 +162,35 @@ class Fetcher:
             except Exception:  # a broken listener must never break a download
                 log.exception("progress listener failed")
 
-    def _http(self) -> aiohttp.ClientSession:
+    def _http(self) -> Client:
         if self._closed:
             raise RuntimeError("this Fetcher is closed")
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=32),
-                read_bufsize=1 << 20,
-                trust_env=True,
-            )
-        return self._session
+        if self._client is None:
+            self._client = Client()
+        return self._client
 
     # -- models --------------------------------------------------------------------------
 
     async def pull(self, names: Sequence[str]) -> list[ModelResult]:
-        """Pull each model; unknown names raise UnknownModel before any transfer."""
-        specs = [self.settings.model(n) for n in names]
-        return [await self.pull_model(spec) for spec in specs]
+        """Pull each model; unknown names raise UnknownModel before any transfer.
 
-    async def pull_model(self, model: ModelSpec | str) -> ModelResult:
+        One run: an origin found down or lying is not asked again for any file of any model.
+        """
+        specs = [self.settings.model(n) for n in names]
+        run = RunState()
+        return [await self.pull_model(spec, run=run) for spec in specs]
+
+    async def pull_model(
+        self, model: ModelSpec | str, *, run: RunState | None = None
+    ) -> ModelResult:
         spec = self.settings.model(model) if isinstance(model, str) else model
+        run = run or RunState()
         result = ModelResult(spec.name, self.settings.models_dir / spec.dir)
         done = [0]
 
         async def one(path: str) -> FileResult:
             async with self._slots:
-                got = await self.fetch_file(spec, path, done=done)
+                got = await self.fetch_file(spec, path, done=done, run=run)
             done[0] += 1
             return got
 
@@ -201,13 +218,25 @@ class Fetcher:
     # -- one file ------------------------------------------------------------------------
 
     async def fetch_file(
-        self, model: ModelSpec, path: str, *, done: list[int] | None = None
+        self,
+        model: ModelSpec,
+        path: str,
+        *,
+        done: list[int] | None = None,
+        run: RunState | None = None,
+        identity: Identity | None = None,
     ) -> FileResult:
-        """Get one file; concurrent requests for the same file share one download."""
+        """Get one file; concurrent requests for the same file share one download.
+
+        `identity`: what the file must be, when the caller already knows (a hub listing).
+        """
         final = self.store.final_path(model, path)
         task = self._inflight.get(final)
         if task is None:
-            task = asyncio.ensure_future(self._fetch_once(model, path, done or [0]))
+            file_log = FileLog(self._emit, model, path, done or [0])
+            task = asyncio.ensure_future(
+                self._fetch_once(model, path, file_log, run or RunState(), identity or Identity())
+            )
             self._inflight[final] = task
             task.add_done_callback(lambda _t: self._inflight.pop(final, None))
         try:
@@ -218,17 +247,19 @@ class Fetcher:
                 "for the download already in progress"
             ) from None
 
-    async def _fetch_once(self, model: ModelSpec, path: str, done: list[int]) -> FileResult:
-        request = FileRequest(model, path, await self._model_cid(model))
-        known = await self._cached_by_manifest(request)
-        if known is not None:
-            return known
+    async def _fetch_once(
+        self, model: ModelSpec, path: str, file_log: FileLog, run: RunState, known: Identity
+    ) -> FileResult:
+        request = FileRequest(model, path, await self._model_cid(model), known)
+        hit = await self._cached_by_manifest(request, file_log)
+        if hit is not None:
+            return hit
         # Everything past here may touch the network or the final path: one process at a time
         # per file. A process that waited finds the file installed and verified by the other.
         lock = self.store.file_lock(model, path)
         await self.store.acquire(lock, self.settings.wait_timeout)
         try:
-            return await self._through_layers(request, done)
+            return await self._through_layers(request, file_log, run)
         finally:
             await asyncio.to_thread(lock.release)
 
@@ -241,7 +272,9 @@ class Fetcher:
             cid = await asyncio.to_thread(self.records.cid_for_model, model.name)
         return cid
 
-    async def _cached_by_manifest(self, request: FileRequest) -> FileResult | None:
+    async def _cached_by_manifest(
+        self, request: FileRequest, file_log: FileLog
+    ) -> FileResult | None:
         """Fast path: a file the manifest vouches for, verified in place (no lock, no network)."""
         if "cache" not in self.settings.order:
             return None
@@ -249,65 +282,65 @@ class Fetcher:
         if entry is None:
             return None
         identity = Identity(entry.size, entry.sha256, evidence="manifest")
-        return await self._from_cache(request, identity, [], final=False)
+        return await self._from_cache(request, identity, file_log, final=False)
 
-    async def _through_layers(self, request: FileRequest, done: list[int]) -> FileResult:
+    async def _through_layers(
+        self, request: FileRequest, file_log: FileLog, run: RunState
+    ) -> FileResult:
         model, path = request.model, request.path
-        attempts: list[Attempt] = []
-        identity = await self._settle_identity(request, attempts)
-        unverifiable = False
-        for layer in self.settings.order:
-            if layer == "cache":
-                hit = await self._from_cache(request, identity, attempts)
-                if hit is not None:
-                    return hit
-                continue
-            source = self._sources.get(layer)
-            if source is None or not source.origins(request):
-                continue
-            if not identity.verifiable:
-                unverifiable = True
-                continue
-            got = await self._download(request, source, identity, attempts, done)
+        identity = await self._settle_identity(request, file_log, run)
+        if "cache" in self.settings.order:
+            hit = await self._from_cache(request, identity, file_log)
+            if hit is not None:
+                return hit
+        candidates = self._candidates(request, identity, file_log, run)
+        if candidates:
+            got = await self._transfer(request, identity, candidates, file_log, run)
             if got is not None:
                 return got
-        self._emit(
+        file_log.emit(
             AttemptEvent(
                 model.name,
                 path,
                 None,
                 "exhausted",
                 error_type="AllSourcesFailed",
-                error_message=f"{len(attempts)} attempt(s) failed",
+                error_message=f"{len(file_log.attempts)} attempt(s) failed",
             )
         )
-        if unverifiable and all(a.layer == "cache" for a in attempts):
-            attempts.append(Attempt("verify", None, "Unverifiable", _unverifiable_hint()))
-        raise AllSourcesFailed(model.name, path, attempts)
+        raise AllSourcesFailed(model.name, path, file_log.attempts)
 
-    async def _settle_identity(self, request: FileRequest, attempts: list[Attempt]) -> Identity:
-        """The file's expected identity: manifest first, then each source's metadata.
+    async def _settle_identity(
+        self, request: FileRequest, file_log: FileLog, run: RunState
+    ) -> Identity:
+        """The file's expected identity: what the caller knew, the manifest, then each
+        source's metadata (in DESIGN's order of evidence: the hub's hashes before a CID).
 
         Every source may give evidence, even one left out of the layer order: a hash from
         the hub is what makes a gateway's bytes checkable.
         """
-        entry = await asyncio.to_thread(self.store.manifest.entry, request.model.name, request.path)
-        identity = Identity(entry.size, entry.sha256, evidence="manifest") if entry else Identity()
+        identity = request.identity
         if identity.sha256:
             return identity
-        # DESIGN's order of evidence: the hub's hashes before a CID, whatever the layer order.
+        entry = await asyncio.to_thread(self.store.manifest.entry, request.model.name, request.path)
+        if entry is not None:
+            return Identity(entry.size, entry.sha256, evidence="manifest")
+        if identity.verifiable:
+            return identity
         ranked = sorted(self._sources.values(), key=lambda s: EVIDENCE_RANK.get(s.layer, 9))
         for source in ranked:
             for origin in source.origins(request):
+                if run.skip_reason(origin.base_url) is not None:
+                    continue
                 started = time.monotonic()
                 try:
                     found = await origin.identity(self._http())
                 except (SourceError, VerificationError) as exc:
-                    self._attempt_failed(
-                        request, origin.layer, origin.base_url, exc, attempts, started, 0
-                    )
-                    if isinstance(exc, VerificationError):
-                        source.distrust(origin.base_url)
+                    file_log.failed(origin.layer, origin.base_url, exc, started)
+                    if isinstance(exc, VerificationError) and getattr(origin, "distrustable", True):
+                        run.distrust(origin.base_url, f"{type(exc).__name__}: {exc}")
+                    if getattr(exc, "origin_down", False):
+                        run.mark_down(origin.base_url, str(exc))
                     continue
                 if found is not None:
                     identity = identity.merged(found) if identity.evidence != "none" else found
@@ -315,11 +348,40 @@ class Fetcher:
                         return identity
         return identity
 
+    def _candidates(
+        self, request: FileRequest, identity: Identity, file_log: FileLog, run: RunState
+    ) -> list[Origin]:
+        """Every origin of every network layer in order that can serve this file, verified.
+
+        What is left out is logged as skipped, with the reason, for the failure report.
+        """
+        candidates: list[Origin] = []
+        for layer in self.settings.order:
+            if layer == "cache":
+                continue
+            source = self._sources.get(layer)
+            if source is None:
+                continue
+            origins = source.origins(request)
+            if not origins:
+                file_log.skipped(layer, None, source.why_none(request))
+                continue
+            if not identity.verifiable:
+                file_log.skipped(layer, None, _unverifiable_reason(layer, file_log.attempts))
+                continue
+            for origin in run.rank(origins):
+                reason = run.skip_reason(origin.base_url)
+                if reason is not None:
+                    file_log.skipped(layer, origin.base_url, f"{reason} (earlier in this run)")
+                    continue
+                candidates.append(origin)
+        return candidates
+
     async def _from_cache(
         self,
         request: FileRequest,
         identity: Identity,
-        attempts: list[Attempt],
+        file_log: FileLog,
         *,
         final: bool = True,
     ) -> FileResult | None:
@@ -331,8 +393,8 @@ class Fetcher:
             kind = "Unverifiable" if present else "CacheMiss"
             message = "present, but nothing to verify it against" if present else "not on disk"
             if present:
-                attempts.append(Attempt("cache", None, kind, message))
-            self._emit(
+                file_log.attempts.append(Attempt("cache", None, kind, message))
+            file_log.emit(
                 AttemptEvent(
                     model.name, path, "cache", "error", error_type=kind, error_message=message
                 )
@@ -342,8 +404,8 @@ class Fetcher:
         latency = (time.monotonic() - started) * 1000
         if found.status == "hit" and found.verified is not None:
             size, sha256 = found.verified.size, found.verified.sha256
-            self._emit(AttemptEvent(model.name, path, "cache", "hit", latency_ms=latency))
-            self._emit(
+            file_log.emit(AttemptEvent(model.name, path, "cache", "hit", latency_ms=latency))
+            file_log.emit(
                 ProgressEvent(
                     model.name, path, "cache", "success", bytes_downloaded=size, total_bytes=size
                 )
@@ -353,7 +415,7 @@ class Fetcher:
             return None
         kind = found.error_type or "CacheMiss"
         message = found.reason or "not in the models dir"
-        self._emit(
+        file_log.emit(
             AttemptEvent(
                 model.name,
                 path,
@@ -365,208 +427,129 @@ class Fetcher:
             )
         )
         if found.status == "corrupt":
-            attempts.append(Attempt("cache", None, kind, f"{message} (moved to .bak)"))
+            file_log.attempts.append(Attempt("cache", None, kind, f"{message} (moved to .bak)"))
         return None
 
-    async def _download(
+    async def _transfer(
         self,
         request: FileRequest,
-        source: Source,
         identity: Identity,
-        attempts: list[Attempt],
-        done: list[int],
+        candidates: list[Origin],
+        file_log: FileLog,
+        run: RunState,
     ) -> FileResult | None:
         model, path = request.model, request.path
-        receiving = Receiving(
-            self.store.partial(model, path), identity, f"{model.name}/{path}", path
-        )
-        await receiving.resume_or_begin()
+        data, control = self.store.partial_paths(model, path)
+        partial = PartialFile(data, control, f"{model.dir}/{path}")
         if identity.size is not None:
-            try:
-                self.store.ensure_space(receiving.partial.data, identity.size - receiving.offset)
-            except StorageError:
-                if not receiving.offset:
-                    await receiving.discard()
-                raise
-        for origin in source.origins(request):
-            got = await self._from_origin(request, source, origin, receiving, attempts, done)
-            if got is not None:
-                return got
-        if not receiving.offset:
-            await receiving.discard()  # nothing worth resuming
-        return None
+            self.store.ensure_space(data, identity.size)
 
-    async def _from_origin(
-        self,
-        request: FileRequest,
-        source: Source,
-        origin: Origin,
-        receiving: Receiving,
-        attempts: list[Attempt],
-        done: list[int],
-    ) -> FileResult | None:
-        """Up to `origin.tries` tries of one origin; wrong bytes end its turn at once."""
-        model, path = request.model, request.path
-        failures = 0
-        while failures < origin.tries:
-            base = ProgressEvent(
-                model.name,
-                path,
-                origin.layer,
-                "attempting",
-                gateway=origin.base_url,
-                bytes_downloaded=receiving.offset,
-                total_bytes=receiving.identity.size,
-                retry_count=failures,
-                completed_files=done[0],
-                total_files=len(model.files),
-            )
-            self._emit(base)
-            started, fetched, resumed_from = time.monotonic(), [0], receiving.offset
-            try:
-                verified = await self._try_origin(origin, receiving, base, fetched)
-            except (SourceError, VerificationError, StorageError) as exc:
-                self._attempt_failed(
-                    request, origin.layer, origin.base_url, exc, attempts, started, fetched[0], base
-                )
-                self._note_cid_fetch(request, origin, ok=False)
-                if isinstance(exc, StorageError):
-                    await receiving.discard()
-                    raise
-                if isinstance(exc, VerificationError):
-                    await receiving.start_over()
-                    if resumed_from:
-                        continue  # the kept prefix may be what was wrong: once more from 0
-                    source.distrust(origin.base_url)
-                    return None
-                failures += 1
-                if not exc.retryable or failures == origin.tries:
-                    return None
-                await asyncio.sleep(origin.delay(failures - 1, exc))
-                continue
-            final = await asyncio.to_thread(
-                self.store.install, model, path, receiving.partial, verified
-            )
-            latency = (time.monotonic() - started) * 1000
-            self._note_cid_fetch(request, origin, ok=True)
-            self._emit(
-                AttemptEvent(
-                    model.name,
-                    path,
-                    origin.layer,
-                    "success",
-                    gateway=origin.base_url,
-                    latency_ms=latency,
-                    bytes_downloaded=fetched[0],
-                )
-            )
-            self._emit(
-                replace(
-                    base,
-                    status="success",
-                    bytes_downloaded=verified.size,
-                    total_bytes=verified.size,
-                    completed_files=done[0] + 1,
-                    timestamp=now_ms(),
-                )
-            )
-            return FileResult(
-                path,
-                final,
-                verified.size,
-                verified.sha256,
-                origin.layer,
-                origin.base_url,
-                fetched[0],
-            )
-        return None
+        def fresh() -> Digests:
+            return Digests(identity, stream_checks(path), name=f"{model.name}/{path}")
 
-    def _note_cid_fetch(self, request: FileRequest, origin: Origin, *, ok: bool) -> None:
-        """Keep the ipfs_cids counts true: every fetch through a gateway counts."""
-        if origin.layer == "ipfs" and request.ipfs_cid and self.records is not None:
-            self.records.record_cid_fetch(
-                request.model.name, request.ipfs_cid, ok, gateway_url=origin.base_url
-            )
-
-    async def _try_origin(
-        self, origin: Origin, receiving: Receiving, base: ProgressEvent, fetched: list[int]
-    ) -> Verified:
-        stream = await origin.open(self._http(), receiving.offset)
-        if stream.offset != receiving.offset:
-            log.info("%s ignored the Range request: starting over", origin.base_url)
-            receiving.restart()
-        start = stream.offset
-        writer = PartialWriter(
-            receiving.partial.data,
-            receiving.digests,
-            start=start,
-            expected_size=receiving.identity.size,
-        )
-        meter = ProgressMeter(self._emit, base)
-        ticker = asyncio.ensure_future(_tick_every_second(meter))
-        expected = receiving.identity.size
-
-        def progress(total: int) -> None:
-            fetched[0] = total - start
-            meter.update(total)
-
+        first = candidates[0]
+        file_log.attempting(first.layer, first.base_url, 0, identity.size)
+        ticker = asyncio.ensure_future(_tick_every_second(file_log))
+        started = time.monotonic()
+        excluded: set[str | None] = set()
         try:
-            await receive(stream, writer, expected_size=expected, progress=progress)
-            if expected is not None and writer.written < expected:
-                _short_body(stream, writer.written - start, writer.written, expected)
-            verified = receiving.digests.verify()
-            await asyncio.to_thread(writer.sync_and_close)
-            return verified
-        except VerificationError as exc:
-            if stream.content_type.startswith("text/html"):
-                raise type(exc)(
-                    f"{stream.url} sent an HTML page (Content-Type {stream.content_type}) "
-                    f"instead of the file: {exc}"
-                ) from None
-            raise
+            while True:  # once more without the origins of bytes that failed verification
+                left = [o for o in candidates if o.base_url not in excluded]
+                if not left:
+                    return None
+                try:
+                    delivered = await fetch(
+                        self._http(),
+                        left,
+                        partial,
+                        identity,
+                        fresh,
+                        self.settings.transfer,
+                        run,
+                        file_log,
+                    )
+                    break
+                except NoOrigin:
+                    self._note_cid_fetches(request, left, run)
+                    return None
+                except WrongBytes as wrong:
+                    self._blame(wrong, left, file_log, run, started)
+                    excluded.update(wrong.contributors)
         finally:
             ticker.cancel()
-            receiving.offset = writer.written
-            writer.close()
+        verdict = delivered.verdict
+        if verdict is not None and verdict.liar is not None:
+            liar = next((o for o in candidates if o.base_url == verdict.liar), None)
+            if liar is not None:
+                ranges = ", ".join(f"{s:,}-{e:,}" for s, e in verdict.wrong_ranges[:3])
+                file_log.failed(
+                    liar.layer,
+                    liar.base_url,
+                    HashMismatch(
+                        f"{verdict.failure}; the wrong bytes were at {ranges}, from this origin "
+                        f"(found by fetching them again from {verdict.referee.base_url}): "
+                        "not asked again in this run"
+                    ),
+                    started,
+                )
+        final = await asyncio.to_thread(
+            self.store.install, model, path, partial.data, partial.control, delivered.verified
+        )
+        on_disk = delivered.on_disk
+        used = sorted(delivered.tallies.values(), key=lambda t: -on_disk.get(t.origin.base_url, 0))
+        for tally in used:
+            if on_disk.get(tally.origin.base_url):  # a liar's bytes are not on disk any more
+                file_log.succeeded(
+                    tally.origin.layer,
+                    tally.origin.base_url,
+                    tally.busy_s * 1000,
+                    tally.bytes - tally.failed_bytes,  # the failed requests have their rows
+                    tally.first_byte_ms,
+                )
+        self._note_cid_fetches(request, [t.origin for t in used if t.bytes], run, ok=True)
+        main = used[0].origin if used else first
+        fetched = sum(t.bytes for t in used)
+        file_log.installed(main.layer, main.base_url, delivered.verified.size)
+        return FileResult(
+            path,
+            final,
+            delivered.verified.size,
+            delivered.verified.sha256,
+            main.layer,
+            main.base_url,
+            fetched,
+            tuple((t.origin.layer, t.origin.base_url, t.bytes) for t in used if t.bytes),
+        )
 
-    def _attempt_failed(
+    def _blame(
         self,
-        request: FileRequest,
-        layer: Layer,
-        origin: str | None,
-        exc: ModelfetchError,
-        attempts: list[Attempt],
+        wrong: WrongBytes,
+        origins: Sequence[Origin],
+        file_log: FileLog,
+        run: RunState,
         started: float,
-        fetched: int,
-        base: ProgressEvent | None = None,
     ) -> None:
-        kind, message = error_type(exc), str(exc)
-        attempts.append(Attempt(layer, origin, kind, message))
-        latency = (time.monotonic() - started) * 1000 if started else None
-        self._emit(
-            AttemptEvent(
-                request.model.name,
-                request.path,
-                layer,
-                "error",
-                gateway=origin,
-                latency_ms=latency,
-                bytes_downloaded=fetched,
-                error_type=kind,
-                error_message=message,
-            )
-        )
-        if base is not None:
-            self._emit(replace(base, status="error", error=message, timestamp=now_ms()))
-        log.info(
-            "%s/%s: %s %s: %s: %s",
-            request.model.name,
-            request.path,
-            layer,
-            origin or "",
-            kind,
-            message,
-        )
+        """Bytes that failed verification and no single liar: every sender is suspect."""
+        for origin in origins:
+            if origin.base_url not in wrong.contributors:
+                continue
+            file_log.failed(origin.layer, origin.base_url, wrong.error, started)
+            if getattr(origin, "distrustable", True):
+                run.distrust(origin.base_url, f"{type(wrong.error).__name__}: {wrong.error}")
+        if None in wrong.contributors:
+            log.info("bytes kept from an earlier run were part of a file that failed: discarded")
+
+    def _note_cid_fetches(
+        self, request: FileRequest, origins: Sequence[Origin], run: RunState, *, ok: bool = False
+    ) -> None:
+        """Keep the ipfs_cids counts true: every fetch through a gateway counts."""
+        if not request.ipfs_cid or self.records is None:
+            return
+        for origin in origins:
+            if origin.layer == "ipfs":
+                self.records.record_cid_fetch(
+                    request.model.name, request.ipfs_cid, ok, gateway_url=origin.base_url
+                )
 
 
 def open_records(settings: Settings) -> Records | None:
@@ -578,25 +561,22 @@ def open_records(settings: Settings) -> Records | None:
         return None
 
 
-async def _tick_every_second(meter: ProgressMeter) -> None:
+async def _tick_every_second(file_log: FileLog) -> None:
     while True:
         await asyncio.sleep(1.0)
-        meter.tick()
+        file_log.tick()
 
 
-def _short_body(stream: ByteStream, got: int, total: int, expected: int) -> None:
-    """A body shorter than the file: a cut connection (resumable) or the wrong file."""
-    if stream.length is not None and got == stream.length:
-        raise SizeMismatch(
-            f"{stream.url} sent a complete answer of {got:,} bytes, leaving the file at "
-            f"{total:,} of {expected:,} bytes: not this file"
-        )
-    raise ConnectFailed(f"{stream.url} ended the body after {total:,} of {expected:,} bytes")
-
-
-def _unverifiable_hint() -> str:
+def _unverifiable_reason(layer: Layer, attempts: Sequence[Attempt]) -> str:
+    """Why a layer's bytes cannot be checked: nothing says what the file must be."""
+    failed = [a for a in attempts if a.error_type not in ("Skipped", "CacheMiss")]
+    if failed:
+        why = "; ".join(f"{a.layer}: {a.error_type}" for a in failed[:3])
+        cause = f"no hash known: the metadata lookups failed ({why})"
+    else:
+        cause = "no manifest entry, no hash from the hub and no IPFS CID"
+    what = "gateways'" if layer == "ipfs" else "the hub's"
     return (
-        "the file cannot be verified: no manifest entry and no hash from any source; "
-        "add it with `modelfetch manifest generate`, give the model an IPFS CID, or a "
-        "Hugging Face source"
+        f"{what} bytes can't be checked ({cause}): the file cannot be verified; add it with "
+        "`modelfetch manifest generate`, or give the model a Hugging Face source or an IPFS CID"
     )

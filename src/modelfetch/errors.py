@@ -40,7 +40,15 @@ class SourceError(ModelfetchError):
 
 
 class ConnectFailed(SourceError):
-    """The connection to the origin could not be opened, or was reset."""
+    """The connection to the origin could not be opened, or was reset.
+
+    `origin_down` is set when the origin cannot be reached at all (connection refused, host
+    not found): asking it again in the same run would only cost time.
+    """
+
+    def __init__(self, message: str, *, origin_down: bool = False) -> None:
+        super().__init__(message)
+        self.origin_down = origin_down
 
 
 class Stalled(SourceError):

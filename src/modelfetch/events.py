@@ -90,6 +90,7 @@ class AttemptEvent:
     error_type: str | None = None
     error_message: str | None = None
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    ttfb_ms: float | None = None  # time to the first byte of the first request, on success
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +104,7 @@ class AttemptEvent:
             "bytes_downloaded": self.bytes_downloaded,
             "error_type": self.error_type,
             "error_message": self.error_message,
+            "ttfb_ms": self.ttfb_ms,
         }
 
 

@@ -113,15 +113,20 @@ class Manifest:
             raise ReadOnly(f"manifest {self.path} cannot be written: {exc.strerror}") from None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
+def write_json_atomic(path: Path, data: Any, *, fsync: bool = True) -> None:
+    """Write JSON to a temp file beside `path`, fsync it (unless told not to), then rename.
+
+    `fsync=False` keeps the rename atomic against a killed process but not against a power
+    loss: for files rewritten often that only save work (a download's control file).
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -67,56 +67,6 @@ class Lookup:
     error_type: str | None = None  # why a present file was rejected
 
 
-class Partial:
-    """A file being received: `<key>.part` plus a state file naming what it must become."""
-
-    def __init__(self, data: Path, state: Path, final_rel: str) -> None:
-        self.data = data
-        self.state = state
-        self.final_rel = final_rel
-
-    def _state_for(self, identity: Identity) -> dict[str, object]:
-        return {
-            "file": self.final_rel,
-            "size": identity.size,
-            "sha256": identity.sha256,
-            "git_sha1": identity.git_sha1,
-        }
-
-    def resumable_bytes(self, identity: Identity) -> int:
-        """Bytes kept from an earlier try for this identity; a stale partial is discarded."""
-        try:
-            saved = json.loads(self.state.read_text())
-            size = self.data.stat().st_size
-        except (OSError, ValueError):
-            self.discard()
-            return 0
-        if saved != self._state_for(identity) or (
-            identity.size is not None and size > identity.size
-        ):
-            log.info("discarding a partial download of %s kept for other content", self.final_rel)
-            self.discard()
-            return 0
-        return size
-
-    def begin(self, identity: Identity) -> None:
-        """Record what this partial is for, before its first byte is written."""
-        try:
-            self.data.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.state, self._state_for(identity))
-        except OSError as exc:
-            raise storage_error(exc, self.state) from None
-
-    def discard(self) -> None:
-        for p in (self.data, self.state):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("could not remove %s: %s", p, exc.strerror)
-
-
 class Store:
     """A models directory. Knows files and hashes, nothing of the network."""
 
@@ -134,15 +84,19 @@ class Store:
         rel = f"{model.dir}/{path}"
         return hashlib.sha256(rel.encode()).hexdigest()[:32]
 
-    def partial(self, model: ModelSpec, path: str) -> Partial:
+    def partial_paths(self, model: ModelSpec, path: str) -> tuple[Path, Path]:
+        """Where a file being received keeps its data and its control file."""
         key = self._key(model, path)
         base = self.state_dir / "partial"
-        return Partial(base / f"{key}.part", base / f"{key}.json", f"{model.dir}/{path}")
+        return base / f"{key}.part", base / f"{key}.json"
 
     def ensure_space(self, where: Path, needed: int) -> None:
         """Fail before a transfer that cannot fit, rather than at 99 %."""
+        probe = where.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent  # the partial dir may not exist yet: ask its filesystem
         try:
-            free = shutil.disk_usage(where.parent).free
+            free = shutil.disk_usage(probe).free
         except OSError:
             return  # cannot tell: the write itself will report a full disk
         if needed > free:
@@ -249,16 +203,18 @@ class Store:
 
     # -- install -------------------------------------------------------------------------
 
-    def install(self, model: ModelSpec, path: str, partial: Partial, verified: Verified) -> Path:
-        """Move a verified partial to its final path atomically (blocking: call in a thread)."""
+    def install(
+        self, model: ModelSpec, path: str, data: Path, control: Path, verified: Verified
+    ) -> Path:
+        """Move a verified, durable partial to its final path atomically (blocking)."""
         final = self.final_path(model, path)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(partial.data, final)
+            os.replace(data, final)
             _fsync_dir(final.parent)
         except OSError as exc:
             raise storage_error(exc, final) from None
-        partial.discard()
+        control.unlink(missing_ok=True)
         self._write_stamp(model, path, final, verified)
         backup = final.with_name(final.name + ".bak")
         backup.unlink(missing_ok=True)

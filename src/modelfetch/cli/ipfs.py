@@ -99,14 +99,13 @@ def gateways_check(
 async def _check_gateways(settings: Settings) -> list[GatewayStatus]:
     import asyncio
 
-    import aiohttp
-
+    from ..httpclient import Client
     from ..sources.ipfs import check_gateway
 
-    async with aiohttp.ClientSession() as session:
+    async with Client() as client:
         return list(
             await asyncio.gather(
-                *(check_gateway(session, g, settings.ipfs) for g in settings.ipfs.gateways)
+                *(check_gateway(client, g, settings.ipfs) for g in settings.ipfs.gateways)
             )
         )
 

@@ -159,16 +159,17 @@ class DagReader:
         raise BadBlock(f"block {cid}: UnixFS {fs.type.name} node is not a file or directory")
 
     async def iter_file(
-        self, root: Cid | str, path: str = "", *, offset: int = 0
+        self, root: Cid | str, path: str = "", *, offset: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        """The bytes of the file at `<root>/<path>` from `offset` on, as verified pieces.
+        """The bytes [offset, end) of the file at `<root>/<path>`, as verified pieces.
 
-        Subtrees wholly before `offset` are skipped by their blocksizes, never fetched (resume
-        by block). Raises BadBlock for a missing or corrupt block, a symlink or directory, or
-        sizes that disagree (a cut-off file); a complete run yielded exactly the file's bytes.
+        Subtrees wholly outside the range are skipped by their blocksizes, never fetched
+        (resume and ranges by block). Raises BadBlock for a missing or corrupt block, a
+        symlink or directory, or sizes that disagree (a cut-off file); a complete run yielded
+        exactly the file's bytes in the range.
         """
-        if offset < 0:
-            raise ValueError("offset must be >= 0")
+        if offset < 0 or (end is not None and end < offset):
+            raise ValueError("need 0 <= offset <= end")
         cid = await self.resolve(root, path)
         decoded = await self.node(cid)
         if isinstance(decoded, bytes):
@@ -184,36 +185,43 @@ class DagReader:
             total = _check_file_node(cid, pb, fs, None)
         if offset > total:
             raise ValueError(f"offset {offset} is past the end of the {total}-byte file")
+        stop = total if end is None else min(end, total)
         sent = 0
-        async for piece in self._walk(cid, None, offset):
+        async for piece in self._walk(cid, None, offset, stop):
             sent += len(piece)
             yield piece
-        if sent != total - offset:  # pragma: no cover - the per-node checks make this unreachable
-            raise BadBlock(f"file {cid}: rebuilt {sent} bytes, expected {total - offset}")
+        if sent != stop - offset:  # pragma: no cover - the per-node checks make this unreachable
+            raise BadBlock(f"file {cid}: rebuilt {sent} bytes, expected {stop - offset}")
 
-    async def _walk(self, cid: Cid, expected: int | None, offset: int) -> AsyncIterator[bytes]:
+    async def _walk(
+        self, cid: Cid, expected: int | None, offset: int, end: int
+    ) -> AsyncIterator[bytes]:
+        """The bytes [offset, end) of the node `cid` (offsets relative to the node)."""
         decoded = await self.node(cid)
         if isinstance(decoded, bytes):
             if expected is not None and len(decoded) != expected:
                 raise BadBlock(
                     f"raw leaf {cid} holds {len(decoded)} bytes but its parent says {expected}"
                 )
-            if offset < len(decoded):
-                yield decoded[offset:] if offset else decoded
+            if offset < min(end, len(decoded)):
+                whole = offset == 0 and end >= len(decoded)
+                yield decoded if whole else decoded[offset:end]
             return
         pb, fs = decoded
         if fs.type not in (NodeType.FILE, NodeType.RAW):
             raise BadBlock(f"block {cid}: a {fs.type.name} node inside a file")
         _check_file_node(cid, pb, fs, expected)
         inline = fs.data or b""
-        if offset < len(inline):
-            yield inline[offset:]
+        if offset < min(end, len(inline)):
+            yield inline[offset:end]
         pos = len(inline)
         for link, size in zip(pb.links, fs.blocksizes, strict=True):
+            if pos >= end:
+                return
             if offset >= pos + size:
                 pos += size
                 continue
-            async for piece in self._walk(link.cid, size, max(0, offset - pos)):
+            async for piece in self._walk(link.cid, size, max(0, offset - pos), end - pos):
                 yield piece
             pos += size
 
@@ -318,28 +326,30 @@ async def read_car_file(
 
 
 async def iter_car_stream_file(
-    chunks: AsyncIterator[bytes] | AsyncIterator[bytes | bytearray],
+    chunks: AsyncIterator[bytes] | AsyncIterator[bytes | bytearray | memoryview],
     root: Cid | str,
     *,
     path: str = "",
     offset: int = 0,
+    end: int | None = None,
     strict: bool = True,
 ) -> AsyncIterator[bytes]:
-    """Verified pieces of `<root>/<path>` from a CAR arriving as a stream (a gateway response).
+    """Verified pieces of bytes [offset, end) of `<root>/<path>` from a CAR arriving as a
+    stream (a gateway response).
 
-    The CAR's roots must include `root`; with `strict`, blocks beyond what the file needs are
-    an error once the file is complete.
+    The CAR's roots must include `root`; with `strict`, blocks beyond what the range needs
+    are an error once it is complete.
     """
     source = CarStreamBlocks(_as_bytes(chunks))
     want = _check_roots(await source.read_header(), root)
-    async for piece in DagReader(source).iter_file(want, path, offset=offset):
+    async for piece in DagReader(source).iter_file(want, path, offset=offset, end=end):
         yield piece
     if strict:
         await source.check_complete()
 
 
 async def _as_bytes(
-    chunks: AsyncIterator[bytes] | AsyncIterator[bytes | bytearray],
+    chunks: AsyncIterator[bytes] | AsyncIterator[bytes | bytearray | memoryview],
 ) -> AsyncIterator[bytes]:
     async for chunk in chunks:
         yield bytes(chunk)

@@ -1,36 +1,26 @@
-"""HTTP GET/HEAD with checked redirects, ranges and errors translated to modelfetch's."""
+"""Requests as the sources make them: checked redirects, byte ranges, hub errors, retry waits."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
-import aiohttp
-
 from .._net import is_loopback_url
-from ..errors import (
-    ConnectFailed,
-    HTTPStatus,
-    InsecureRedirect,
-    SourceError,
-    Stalled,
-    TooManyRedirects,
-)
+from ..errors import HTTPStatus, InsecureRedirect, SizeMismatch, SourceError, TooManyRedirects
+from ..httpclient import Client, Response, Timeouts
 
 MAX_REDIRECTS = 10
-USER_AGENT = "modelfetch/0.1"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 # Turns a failed response into the sentence the user reads (which hub error, what to do).
-DescribeError = Callable[[aiohttp.ClientResponse], str]
+DescribeError = Callable[[Response], str]
 
 
-def default_description(resp: aiohttp.ClientResponse) -> str:
+def default_description(resp: Response) -> str:
     return f"HTTP {resp.status} {resp.reason or ''}".strip() + f" from {resp.url}"
 
 
@@ -50,83 +40,20 @@ def retry_after(value: str | None) -> float | None:
 
 
 class HTTPByteStream:
-    """A response body read in chunks; network errors become SourceErrors."""
+    """A response body read in the pieces it arrives in; network errors are SourceErrors."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, offset: int, stall_timeout: float) -> None:
+    def __init__(self, resp: Response, offset: int) -> None:
         self._resp = resp
-        self.url = str(resp.url)
+        self.url = resp.url
         self.offset = offset
-        self.length = resp.content_length
-        self.content_type = resp.headers.get("Content-Type", "").lower()
-        self._stall_timeout = stall_timeout
+        self.length = resp.length
+        self.content_type = resp.content_type
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        watchdog = _StallWatchdog(self._stall_timeout)
-        try:
-            while True:
-                with watchdog.waiting():
-                    chunk, _ = await self._resp.content.readchunk()
-                if not chunk:
-                    return
-                yield chunk
-        except asyncio.CancelledError:
-            if watchdog.claim_cancellation():
-                raise Stalled(f"no bytes for {self._stall_timeout:g} s from {self.url}") from None
-            raise
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-            why = _why(exc)
-            raise ConnectFailed(f"connection broken mid-body from {self.url}: {why}") from None
-        finally:
-            watchdog.stop()
+    def chunks(self) -> AsyncIterator[memoryview]:
+        return self._resp.chunks()
 
     def close(self) -> None:
         self._resp.close()
-
-
-class _StallWatchdog:
-    """Cancels the reading task after `timeout` s spent waiting for bytes without any.
-
-    One lazily re-armed timer instead of a new one per chunk: at gigabytes per second a
-    per-chunk timer costs more than the hashing. Time spent away from the network (a slow
-    disk downstream) does not count as a stall.
-    """
-
-    def __init__(self, timeout: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        self._timeout = timeout
-        self._since = self._loop.time()
-        self._waiting = False
-        self.fired = False
-        self._handle = self._loop.call_at(self._since + timeout, self._check)
-
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        self._since = self._loop.time()
-        self._waiting = True
-        try:
-            yield
-        finally:
-            self._waiting = False
-
-    def claim_cancellation(self) -> bool:
-        """True when the cancellation being handled is this watchdog's (and undo it)."""
-        if not self.fired or self._task is None:
-            return False
-        self._task.uncancel()
-        return True
-
-    def _check(self) -> None:
-        now = self._loop.time()
-        if self._waiting and now - self._since >= self._timeout and self._task is not None:
-            self.fired = True
-            self._task.cancel()
-            return
-        start = self._since if self._waiting else now
-        self._handle = self._loop.call_at(start + self._timeout, self._check)
-
-    def stop(self) -> None:
-        self._handle.cancel()
 
 
 def redirect_target(url: str, location: str) -> str:
@@ -140,41 +67,32 @@ def redirect_target(url: str, location: str) -> str:
     return target
 
 
-def _why(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
-
-
-def _timeout(connect: float) -> aiohttp.ClientTimeout:
-    # Waiting for the answer and for body bytes is bounded by the stall timeout, enforced
-    # in `_send` and `HTTPByteStream.chunks` (cheaper than aiohttp's per-read timer).
-    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
-
-
 async def request(
-    session: aiohttp.ClientSession,
+    client: Client,
     method: str,
     url: str,
     *,
     headers: Mapping[str, str] | None = None,
     connect_timeout: float,
     stall_timeout: float,
-    follow: Callable[[aiohttp.ClientResponse], bool] | None = None,
+    follow: Callable[[Response], bool] | None = None,
     describe: DescribeError = default_description,
-) -> aiohttp.ClientResponse:
+) -> Response:
     """Send a request, following safe redirects by hand; raise SourceError for errors.
 
     `follow(resp)` decides whether a redirect response is followed (default: always).
     The Authorization header is dropped when a redirect leaves the original host.
     """
     sent = dict(headers or {})
-    sent.setdefault("User-Agent", USER_AGENT)
     origin_host = urlsplit(url).netloc
+    timeouts = Timeouts(
+        connect=min(connect_timeout, stall_timeout), answer=stall_timeout, stall=stall_timeout
+    )
     for _ in range(MAX_REDIRECTS + 1):
-        resp = await _send(session, method, url, sent, connect_timeout, stall_timeout)
+        resp = await client.request(method, url, headers=sent, timeouts=timeouts)
         if resp.status in (301, 302, 303, 307, 308) and (follow is None or follow(resp)):
             location = resp.headers.get("Location")
-            resp.release()
+            await resp.release()
             if not location:
                 raise HTTPStatus(resp.status, f"redirect without a Location from {url}")
             target = redirect_target(url, location)
@@ -185,67 +103,33 @@ async def request(
         if resp.status >= 400:
             message = describe(resp)
             wait = retry_after(resp.headers.get("Retry-After"))
-            resp.release()
+            await resp.release()
             raise HTTPStatus(resp.status, message, retry_after=wait)
         return resp
     raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects, last to {url}")
 
 
-async def _send(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    headers: Mapping[str, str],
-    connect_timeout: float,
-    stall_timeout: float,
-) -> aiohttp.ClientResponse:
-    # No answer within the stall timeout is a stall, as is a body that stops; connecting
-    # has its own, normally shorter, limit inside that one.
-    try:
-        async with asyncio.timeout(stall_timeout):
-            return await session.request(
-                method,
-                url,
-                headers=headers,
-                allow_redirects=False,
-                timeout=_timeout(min(connect_timeout, stall_timeout)),
-                auto_decompress=False,
-            )
-    except aiohttp.ConnectionTimeoutError:
-        raise ConnectFailed(f"no connection to {_host(url)} within {connect_timeout:g} s") from None
-    except TimeoutError:
-        raise Stalled(f"no answer from {_host(url)} for {stall_timeout:g} s") from None
-    except aiohttp.ClientConnectorError as exc:
-        why = (
-            "connection refused"
-            if isinstance(exc.os_error, ConnectionRefusedError)
-            else (_why(exc.os_error))
-        )
-        raise ConnectFailed(f"cannot connect to {_host(url)}: {why}") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ConnectFailed(f"{_host(url)}: {_why(exc)}") from None
-
-
-def _host(url: str) -> str:
-    return urlsplit(url).netloc or url
-
-
 async def open_range(
-    session: aiohttp.ClientSession,
+    client: Client,
     url: str,
-    offset: int,
+    start: int,
+    end: int | None = None,
     *,
     headers: Mapping[str, str] | None = None,
     connect_timeout: float,
     stall_timeout: float,
     describe: DescribeError = default_description,
 ) -> HTTPByteStream:
-    """GET `url` from byte `offset`; a server that ignores the Range restarts at 0."""
+    """GET bytes [start, end) of `url` (to the end when `end` is None).
+
+    A server that ignores the Range answers 200 with the whole file: the stream's `offset`
+    is then 0, and the caller decides what to do with bytes it did not ask for.
+    """
     sent = {"Accept-Encoding": "identity", **(headers or {})}
-    if offset:
-        sent["Range"] = f"bytes={offset}-"
+    if start or end is not None:
+        sent["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
     resp = await request(
-        session,
+        client,
         "GET",
         url,
         headers=sent,
@@ -253,17 +137,23 @@ async def open_range(
         stall_timeout=stall_timeout,
         describe=describe,
     )
-    start = 0
+    offset = 0
     if resp.status == 206:
-        match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
-        if not match or int(match.group(1)) != offset:
-            resp.release()
+        content_range = (resp.headers.get("Content-Range") or "").strip()
+        match = _CONTENT_RANGE.fullmatch(content_range)
+        if not match or int(match.group(1)) != start:
+            resp.close()
             raise HTTPStatus(502, f"{url} answered a Range request with a wrong Content-Range")
-        start = offset
+        if end is not None and int(match.group(2)) != end - 1:
+            resp.close()  # its bytes end elsewhere: it holds another file than the one wanted
+            raise SizeMismatch(
+                f"{url} answered bytes {start}-{end - 1} with {content_range}: not this file"
+            )
+        offset = start
     elif resp.status != 200:
-        resp.release()
+        await resp.release()
         raise HTTPStatus(resp.status, f"unexpected HTTP {resp.status} from {url}")
-    return HTTPByteStream(resp, start, stall_timeout)
+    return HTTPByteStream(resp, offset)
 
 
 async def sleep_for_retry(seconds: float) -> None:

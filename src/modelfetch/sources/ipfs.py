@@ -17,15 +17,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote
 
-import aiohttp
-
 from ..config import IPFSSettings
 from ..errors import HTTPStatus, SourceError
 from ..events import Layer
 from ..hashes import Identity
+from ..httpclient import Client
 from ..ipfs.cid import Cid
 from ..ipfs.dagfile import DagReader, iter_car_stream_file
-from .base import ByteStream, FileRequest
+from .base import ByteStream, FileRequest, Proof
 from .http import HTTPByteStream, open_range, request
 
 PROBE_CID = "bafkqaaa"  # the empty identity CID: every gateway can answer it without a lookup
@@ -57,54 +56,68 @@ class GatewayOrigin:
     def url(self) -> str:
         return f"{self.base_url}/ipfs/{self.root}/{quote(self.path)}"
 
-    async def open(self, session: aiohttp.ClientSession, offset: int) -> ByteStream:
+    @property
+    def proof(self) -> Proof:
+        """A gateway known to be trustless sends verified blocks; any other, plain bytes."""
+        return "blocks" if self.source.known_mode(self.base_url) == "trustless" else "bytes"
+
+    @property
+    def distrustable(self) -> bool:
+        return True
+
+    async def open(self, client: Client, start: int, end: int | None) -> ByteStream:
         # A gateway is asked for plain bytes unless it is already known to be trustless; only
         # one that refuses them (trustless-only) costs a probe. The bytes are checked either
         # way: plain ones against the file's identity, a CAR's block by block.
         if self.source.known_mode(self.base_url) != "trustless":
             try:
                 return await open_range(
-                    session,
+                    client,
                     self.url,
-                    offset,
+                    start,
+                    end,
                     connect_timeout=self.settings.connect_timeout,
                     stall_timeout=self.settings.timeout,
                 )
             except HTTPStatus as exc:
                 refused_plain = exc.status in REFUSES_PLAIN
-                if not refused_plain or await self.source.mode(session, self.base_url) == "path":
+                if not refused_plain or await self.source.mode(client, self.base_url) == "path":
                     raise
-        file_cid = await self.source.resolve(session, self.base_url, self.root, self.path)
-        return await self._open_car(session, file_cid, offset)
+        file_cid = await self.source.resolve(client, self.base_url, self.root, self.path)
+        return await self._open_car(client, file_cid, start, end)
 
     async def _open_car(
-        self, session: aiohttp.ClientSession, file_cid: Cid, offset: int
+        self, client: Client, file_cid: Cid, start: int, end: int | None
     ) -> ByteStream:
-        url = f"{self.base_url}/ipfs/{file_cid}?format=car&dag-scope=entity&entity-bytes={offset}:*"
+        last = "*" if end is None else str(end - 1)
+        url = (
+            f"{self.base_url}/ipfs/{file_cid}?format=car&dag-scope=entity"
+            f"&entity-bytes={start}:{last}"
+        )
         resp = await request(
-            session,
+            client,
             "GET",
             url,
             headers={"Accept": f"{CAR};version=1;order=dfs;dups=n"},
             connect_timeout=self.settings.connect_timeout,
             stall_timeout=self.settings.timeout,
         )
-        if not resp.headers.get("Content-Type", "").startswith(CAR):
-            resp.release()
+        if not resp.content_type.startswith(CAR):
+            await resp.release()
             raise HTTPStatus(502, f"{url} did not answer with a CAR")
-        return VerifiedCarStream(HTTPByteStream(resp, 0, self.settings.timeout), file_cid, offset)
+        return VerifiedCarStream(HTTPByteStream(resp, 0), file_cid, start, end)
 
     def delay(self, attempt: int, error: SourceError) -> float:
         return self.settings.pause
 
-    async def identity(self, session: aiohttp.ClientSession) -> Identity | None:
+    async def identity(self, client: Client) -> Identity | None:
         """The file's CID and size, read from verified blocks (trustless gateways only)."""
-        if await self.source.mode(session, self.base_url) != "trustless":
+        if await self.source.mode(client, self.base_url) != "trustless":
             return None  # a path gateway's word proves nothing
-        cid = await self.source.resolve(session, self.base_url, self.root, self.path)
+        cid = await self.source.resolve(client, self.base_url, self.root, self.path)
 
         async def get(c: Cid) -> bytes:
-            return await self.source.block(session, self.base_url, c)
+            return await self.source.block(client, self.base_url, c)
 
         entry = await DagReader(get).stat(cid)
         return Identity(size=entry.size, cid=str(cid), evidence="ipfs")
@@ -114,16 +127,21 @@ class VerifiedCarStream:
     """The bytes of a file rebuilt from a CAR response, every block checked against its CID."""
 
     content_type = CAR
+    checks_at_end = True  # reading past the last byte checks the CAR held nothing else
 
-    def __init__(self, body: HTTPByteStream, file_cid: Cid, offset: int) -> None:
+    def __init__(self, body: HTTPByteStream, file_cid: Cid, start: int, end: int | None) -> None:
         self._body = body
         self._cid = file_cid
         self.url = body.url
-        self.offset = offset
+        self.offset = start
+        self.end = end
         self.length: int | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for piece in iter_car_stream_file(self._body.chunks(), self._cid, offset=self.offset):
+        pieces = iter_car_stream_file(
+            self._body.chunks(), self._cid, offset=self.offset, end=self.end
+        )
+        async for piece in pieces:
             yield piece
 
     def close(self) -> None:
@@ -138,7 +156,6 @@ class IPFSGatewaySource:
     layer: Layer = "ipfs"
     _modes: dict[str, asyncio.Future[Mode]] = field(default_factory=dict)
     _resolved: dict[tuple[str, str], Cid] = field(default_factory=dict)
-    _distrusted: set[str] = field(default_factory=set)
 
     def origins(self, request: FileRequest) -> list[GatewayOrigin]:
         if request.ipfs_cid is None:
@@ -146,28 +163,28 @@ class IPFSGatewaySource:
         return [
             GatewayOrigin(self, gateway, request.ipfs_cid, request.path)
             for gateway in self.settings.gateways
-            if gateway not in self._distrusted
         ]
 
-    def distrust(self, base_url: str) -> None:
-        """A gateway caught sending bad data is not asked again in this run."""
-        self._distrusted.add(base_url)
+    def why_none(self, request: FileRequest) -> str:
+        if not self.settings.gateways:
+            return "no IPFS gateway is configured"
+        return "the model has no IPFS CID (configure one, or publish the model)"
 
     def known_mode(self, gateway: str) -> Mode | None:
         """What a probe found about `gateway` in this run, if it was probed and finished."""
         probe = self._modes.get(gateway)
         return probe.result() if probe is not None and probe.done() else None
 
-    async def mode(self, session: aiohttp.ClientSession, gateway: str) -> Mode:
+    async def mode(self, client: Client, gateway: str) -> Mode:
         """Whether `gateway` serves verifiable blocks (probed once per run)."""
         if gateway not in self._modes:
-            self._modes[gateway] = asyncio.ensure_future(self._probe(session, gateway))
+            self._modes[gateway] = asyncio.ensure_future(self._probe(client, gateway))
         return await asyncio.shield(self._modes[gateway])
 
-    async def _probe(self, session: aiohttp.ClientSession, gateway: str) -> Mode:
+    async def _probe(self, client: Client, gateway: str) -> Mode:
         try:
             resp = await request(
-                session,
+                client,
                 "GET",
                 f"{gateway}/ipfs/{PROBE_CID}?format=raw",
                 headers={"Accept": RAW},
@@ -176,35 +193,28 @@ class IPFSGatewaySource:
             )
         except SourceError:
             return "path"  # the real request will fail, or succeed, on its own terms
-        resp.release()
-        return "trustless" if resp.headers.get("Content-Type", "").startswith(RAW) else "path"
+        await resp.release()
+        return "trustless" if resp.content_type.startswith(RAW) else "path"
 
-    async def block(self, session: aiohttp.ClientSession, gateway: str, cid: Cid) -> bytes:
+    async def block(self, client: Client, gateway: str, cid: Cid) -> bytes:
         """One raw block (`?format=raw`); the caller verifies it against `cid`."""
         resp = await request(
-            session,
+            client,
             "GET",
             f"{gateway}/ipfs/{cid}?format=raw",
             headers={"Accept": RAW},
             connect_timeout=self.settings.connect_timeout,
             stall_timeout=self.settings.timeout,
         )
-        try:
-            return await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SourceError(f"{gateway}: block {cid}: {exc}") from None
-        finally:
-            resp.release()
+        return await resp.read(limit=2 << 20)  # an IPFS block is at most 2 MiB
 
-    async def resolve(
-        self, session: aiohttp.ClientSession, gateway: str, root: str, path: str
-    ) -> Cid:
+    async def resolve(self, client: Client, gateway: str, root: str, path: str) -> Cid:
         """The CID of `<root>/<path>`, walking verified directory blocks from `gateway`."""
         key = (root, path)
         if key not in self._resolved:
 
             async def get(cid: Cid) -> bytes:
-                return await self.block(session, gateway, cid)
+                return await self.block(client, gateway, cid)
 
             self._resolved[key] = await DagReader(get).resolve(root, path)
         return self._resolved[key]
@@ -230,25 +240,23 @@ class GatewayStatus:
         }
 
 
-async def check_gateway(
-    session: aiohttp.ClientSession, gateway: str, settings: IPFSSettings
-) -> GatewayStatus:
+async def check_gateway(client: Client, gateway: str, settings: IPFSSettings) -> GatewayStatus:
     """Probe `<gateway>/ipfs/bafkqaaa` as a path and as a raw block: status and latency."""
     started = time.monotonic()
     try:
         resp = await request(
-            session,
+            client,
             "GET",
             f"{gateway}/ipfs/{PROBE_CID}",
             connect_timeout=settings.connect_timeout,
             stall_timeout=settings.timeout,
         )
-        resp.release()
+        await resp.release()
         detail, plain_ok = f"HTTP {resp.status}", True
     except SourceError as exc:
         detail, plain_ok = f"{type(exc).__name__}: {exc}", False
     latency = round((time.monotonic() - started) * 1000, 1)
-    trustless = await IPFSGatewaySource(settings).mode(session, gateway) == "trustless"
+    trustless = await IPFSGatewaySource(settings).mode(client, gateway) == "trustless"
     if trustless and not plain_ok:
         detail = "trustless only (raw blocks and CARs)"
     ok = plain_ok or trustless

@@ -1,0 +1,153 @@
+"""What happens to one file, told once: attempt events, progress events and the failure list.
+
+The engine and the transfer report every lookup, request and skipped origin here; `FileLog`
+turns each into the events the records, the service and the progress bars consume, and keeps
+the `Attempt`s an `AllSourcesFailed` lists when every source failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from .catalog import ModelSpec
+from .errors import Attempt, ModelfetchError, error_type
+from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent, ProgressMeter, now_ms
+from .sources.base import Origin
+
+log = logging.getLogger(__name__)
+
+
+class FileLog:
+    """The attempts of one file of one model, and their events."""
+
+    def __init__(self, emit: Listener, model: ModelSpec, path: str, done: list[int]) -> None:
+        self._emit = emit
+        self.model = model
+        self.path = path
+        self.done = done  # files of the model finished so far (shared by its files)
+        self.attempts: list[Attempt] = []
+        self._meter: ProgressMeter | None = None
+        self._last: tuple[str, str] | None = None  # (layer, base URL) of the sending origin
+
+    def emit(self, event: Event) -> None:
+        self._emit(event)
+
+    def skipped(self, layer: Layer, origin: str | None, reason: str) -> None:
+        """A layer or origin that was not asked, and why (only in the failure report)."""
+        self.attempts.append(Attempt(layer, origin, "Skipped", reason))
+
+    def failed(
+        self,
+        layer: Layer,
+        origin: str | None,
+        exc: ModelfetchError,
+        started: float | None,
+        fetched: int = 0,
+    ) -> None:
+        """One try of one origin failed: an attempt event, a progress event, a report line."""
+        kind, message = error_type(exc), str(exc)
+        self.attempts.append(Attempt(layer, origin, kind, message))
+        latency = (time.monotonic() - started) * 1000 if started else None
+        self._emit(
+            AttemptEvent(
+                self.model.name,
+                self.path,
+                layer,
+                "error",
+                gateway=origin,
+                latency_ms=latency,
+                bytes_downloaded=fetched,
+                error_type=kind,
+                error_message=message,
+            )
+        )
+        if self._meter is not None:
+            self._emit(
+                replace(
+                    self._meter.base,
+                    source=layer,
+                    gateway=origin,
+                    status="error",
+                    error=message,
+                    timestamp=now_ms(),
+                )
+            )
+        log.info(
+            "%s/%s: %s %s: %s: %s", self.model.name, self.path, layer, origin or "", kind, message
+        )
+
+    # -- the transfer's observer ---------------------------------------------------------
+
+    def request_failed(
+        self, origin: Origin, error: ModelfetchError, started: float, got: int
+    ) -> None:
+        self.failed(origin.layer, origin.base_url, error, started, got)
+
+    def progress(self, written: int, origin: Origin) -> None:
+        meter = self._meter
+        if meter is None:
+            return
+        where = (origin.layer, origin.base_url)
+        if where != self._last:
+            self._last = where
+            meter.base = replace(meter.base, source=origin.layer, gateway=origin.base_url)
+        meter.update(written)
+
+    # -- progress ------------------------------------------------------------------------
+
+    def attempting(self, layer: Layer, origin: str | None, kept: int, total: int | None) -> None:
+        """The transfer starts (with `kept` bytes resumed): the first progress event."""
+        base = ProgressEvent(
+            self.model.name,
+            self.path,
+            layer,
+            "attempting",
+            gateway=origin,
+            bytes_downloaded=kept,
+            total_bytes=total,
+            completed_files=self.done[0],
+            total_files=len(self.model.files),
+        )
+        self._emit(base)
+        self._meter = ProgressMeter(self._emit, base)
+
+    def tick(self) -> None:
+        if self._meter is not None:
+            self._meter.tick()
+
+    def succeeded(
+        self, layer: Layer, origin: str, latency_ms: float, fetched: int, ttfb_ms: float | None
+    ) -> None:
+        """`origin` delivered `fetched` bytes of the file (one event per origin used)."""
+        self._emit(
+            AttemptEvent(
+                self.model.name,
+                self.path,
+                layer,
+                "success",
+                gateway=origin,
+                latency_ms=latency_ms,
+                bytes_downloaded=fetched,
+                ttfb_ms=ttfb_ms,
+            )
+        )
+
+    def installed(self, layer: Layer, origin: str | None, size: int) -> None:
+        """The file is in place, verified: the last progress event of its transfer."""
+        base = self._meter.base if self._meter is not None else None
+        if base is None:
+            return
+        self._emit(
+            replace(
+                base,
+                source=layer,
+                gateway=origin,
+                status="success",
+                bytes_downloaded=size,
+                total_bytes=size,
+                completed_files=self.done[0] + 1,
+                timestamp=now_ms(),
+            )
+        )

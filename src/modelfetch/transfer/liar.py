@@ -1,0 +1,154 @@
+"""Finding the origin that sent wrong bytes, when a file assembled from several fails its hash.
+
+The control file says which origin sent each range. Suspects are taken in turn (origins whose
+word proves nothing first, the hub itself last): their ranges are fetched again from another
+origin, the *referee*, and compared with what is on disk; differing bytes are overwritten with
+the referee's. If the file then verifies, the suspect lied. Each suspect is tried once, so the
+hunt ends: either the file is right and the liar named, or the failure stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..errors import SourceError, VerificationError
+from ..hashes import Digests, Verified
+from ..httpclient import Client
+from ..sources.base import Origin
+from ..store import storage_error
+from .assemble import Assembler
+from .origins import RunState
+
+log = logging.getLogger(__name__)
+
+COMPARE_BATCH = 1 << 20
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The file verified after `liar`'s ranges were replaced by `referee`'s bytes."""
+
+    verified: Verified
+    liar: str | None  # None: the bytes kept from an earlier run were the wrong ones
+    referee: Origin
+    wrong_ranges: tuple[tuple[int, int], ...]
+    referee_bytes: int  # what the check fetched from the referee
+    failure: VerificationError | None = None  # the check the assembled file failed first
+
+
+@dataclass(frozen=True)
+class NoVerdict:
+    """No single liar: `accomplices` are referees whose bytes agreed with a wrong file."""
+
+    accomplices: tuple[str, ...]
+
+
+async def hunt(
+    client: Client,
+    assembler: Assembler,
+    candidates: Sequence[Origin],
+    run: RunState,
+    fresh_digests: Callable[[], Digests],
+) -> Verdict | NoVerdict:
+    """Replace each suspect's ranges by a referee's until the file verifies (or give up)."""
+    accomplices: list[str] = []
+    by_origin = assembler.spans.by_origin()
+    known = {o.base_url: o for o in candidates}
+
+    def suspicion(base: str | None) -> tuple[int, int]:
+        origin = known.get(base) if base is not None else None
+        trusted = origin is not None and not getattr(origin, "distrustable", True)
+        return (int(trusted), sum(e - s for s, e in by_origin[base]))
+
+    for suspect in sorted(by_origin, key=suspicion):
+        referees = [
+            o for o in candidates if o.base_url != suspect and run.skip_reason(o.base_url) is None
+        ]
+        for referee in referees:  # in the order of preference
+            try:
+                wrong, fetched = await _compare_and_fix(
+                    client, referee, assembler, by_origin[suspect]
+                )
+            except (SourceError, VerificationError) as exc:
+                log.info("referee %s failed: %s", referee.base_url, exc)
+                continue
+            if not wrong:
+                accomplices.append(referee.base_url)
+                break  # the referee sent the same bytes: look at the next suspect
+            try:
+                verified = await assembler.rehash(fresh_digests())
+            except VerificationError:
+                break
+            # Every byte of the suspect's ranges now equals the referee's: credit it.
+            for start, end in by_origin[suspect]:
+                assembler.spans.remove(start, end)
+                assembler.spans.add(start, end, referee.base_url)
+            return Verdict(verified, suspect, referee, tuple(wrong), fetched)
+    return NoVerdict(tuple(accomplices))
+
+
+async def _compare_and_fix(
+    client: Client,
+    referee: Origin,
+    assembler: Assembler,
+    ranges: list[tuple[int, int]],
+) -> tuple[list[tuple[int, int]], int]:
+    """Fetch `ranges` from `referee`; overwrite the bytes that differ.
+
+    Returns where they differed, and how many bytes were fetched.
+    """
+    wrong: list[tuple[int, int]] = []
+    fetched = 0
+    for start, end in ranges:
+        stream = await referee.open(client, start, end)
+        try:
+            if stream.offset != start:
+                raise SourceError(f"{stream.url} ignored the Range asked for the check")
+            pos = start
+            batch: list[bytes] = []
+            size = 0
+            async for chunk in stream.chunks():
+                data = bytes(chunk)[: end - pos - size]
+                batch.append(data)
+                size += len(data)
+                if size >= COMPARE_BATCH or pos + size >= end:
+                    joined = b"".join(batch)
+                    if await asyncio.to_thread(_differs_then_fix, assembler, pos, joined):
+                        _merge(wrong, pos, pos + len(joined))
+                    pos += len(joined)
+                    fetched += len(joined)
+                    batch, size = [], 0
+                if pos >= end:
+                    break
+            if pos < end:
+                raise SourceError(f"{stream.url} ended {end - pos:,} bytes early during a check")
+        finally:
+            stream.close()
+    return wrong, fetched
+
+
+def _differs_then_fix(assembler: Assembler, offset: int, data: bytes) -> bool:
+    """Compare `data` with the file at `offset`; write it there if they differ."""
+    fd = assembler.fileno
+    try:
+        if os.pread(fd, len(data), offset) == data:
+            return False
+        view = memoryview(data)
+        pos = offset
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view, pos = view[n:], pos + n
+    except OSError as exc:
+        raise storage_error(exc, assembler.partial.data) from None
+    return True
+
+
+def _merge(ranges: list[tuple[int, int]], start: int, end: int) -> None:
+    if ranges and ranges[-1][1] == start:
+        ranges[-1] = (ranges[-1][0], end)
+    else:
+        ranges.append((start, end))
