@@ -59,7 +59,8 @@ class FileResult:
     source: Layer
     gateway: str | None
     bytes_downloaded: int
-    origins: tuple[tuple[Layer, str, int], ...] = ()  # (layer, base URL, bytes) of each used
+    # (layer, base URL, bytes of the file it sent) of each origin whose bytes are in the file
+    origins: tuple[tuple[Layer, str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -498,12 +499,15 @@ class Fetcher:
         on_disk = delivered.on_disk
         used = sorted(delivered.tallies.values(), key=lambda t: -on_disk.get(t.origin.base_url, 0))
         for tally in used:
-            if on_disk.get(tally.origin.base_url):  # a liar's bytes are not on disk any more
+            completed = tally.bytes - tally.failed_bytes  # the failed requests have their rows
+            # A success row for each origin with bytes in the file from a request that
+            # completed (a liar's bytes are not on disk any more).
+            if on_disk.get(tally.origin.base_url) and completed > 0:
                 file_log.succeeded(
                     tally.origin.layer,
                     tally.origin.base_url,
                     tally.busy_s * 1000,
-                    tally.bytes - tally.failed_bytes,  # the failed requests have their rows
+                    completed,
                     tally.first_byte_ms,
                 )
         self._note_cid_fetches(request, [t.origin for t in used if t.bytes], run, ok=True)
@@ -518,7 +522,11 @@ class Fetcher:
             main.layer,
             main.base_url,
             fetched,
-            tuple((t.origin.layer, t.origin.base_url, t.bytes) for t in used if t.bytes),
+            tuple(
+                (t.origin.layer, t.origin.base_url, on_disk[t.origin.base_url])
+                for t in used
+                if on_disk.get(t.origin.base_url)
+            ),
         )
 
     def _blame(

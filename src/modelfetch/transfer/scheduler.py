@@ -78,6 +78,7 @@ class _Opened:
     first: bytes | memoryview | None  # None: the body was empty
     started: float
     first_byte_at: float
+    end: int  # the end of the range asked for (the piece may have shrunk since)
 
 
 class Transfer:
@@ -245,7 +246,8 @@ class Transfer:
         except BaseException:
             stream.close()
             raise
-        return _Opened(origin, stream, body, first, started, time.monotonic())
+        asked = UNKNOWN_END if end is None else end
+        return _Opened(origin, stream, body, first, started, time.monotonic(), asked)
 
     def _check_length(self, stream: ByteStream, start: int, end: int | None) -> None:
         """An answer announcing another length than the bytes asked for is another file
@@ -283,7 +285,7 @@ class Transfer:
         raw = 0  # body bytes read, skipped ones included
         error: ModelfetchError | None = None
         opened_at = piece.pos
-        asked_end = piece.end
+        asked_end = opened.end
         overrun = False
         try:
             chunk = opened.first
