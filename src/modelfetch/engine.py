@@ -25,6 +25,7 @@ from .attempts import FileLog
 from .catalog import ModelSpec
 from .config import Settings, load_settings
 from .errors import (
+    DOWN_EARLIER,
     AllSourcesFailed,
     Attempt,
     HashMismatch,
@@ -32,6 +33,7 @@ from .errors import (
     SourceError,
     StorageError,
     VerificationError,
+    same_failure,
 )
 from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent
 from .hashes import Digests, Identity
@@ -331,7 +333,9 @@ class Fetcher:
         ranked = sorted(self._sources.values(), key=lambda s: EVIDENCE_RANK.get(s.layer, 9))
         for source in ranked:
             for origin in source.origins(request):
-                if run.skip_reason(origin.base_url) is not None:
+                reason = run.skip_reason(origin.base_url)
+                if reason is not None:
+                    file_log.skipped(origin.layer, origin.base_url, reason + DOWN_EARLIER)
                     continue
                 started = time.monotonic()
                 try:
@@ -367,15 +371,17 @@ class Fetcher:
             if not origins:
                 file_log.skipped(layer, None, source.why_none(request))
                 continue
-            if not identity.verifiable:
-                file_log.skipped(layer, None, _unverifiable_reason(layer, file_log.attempts))
-                continue
+            usable = []
             for origin in run.rank(origins):
                 reason = run.skip_reason(origin.base_url)
-                if reason is not None:
-                    file_log.skipped(layer, origin.base_url, f"{reason} (earlier in this run)")
-                    continue
-                candidates.append(origin)
+                if reason is None:
+                    usable.append(origin)
+                elif not any(a.origin == origin.base_url for a in file_log.attempts):
+                    file_log.skipped(layer, origin.base_url, reason + DOWN_EARLIER)
+            if usable and not identity.verifiable:
+                file_log.skipped(layer, None, _unverifiable_reason(layer, file_log.attempts))
+                continue
+            candidates.extend(usable)
         return candidates
 
     async def _from_cache(
@@ -577,9 +583,10 @@ async def _tick_every_second(file_log: FileLog) -> None:
 
 def _unverifiable_reason(layer: Layer, attempts: Sequence[Attempt]) -> str:
     """Why a layer's bytes cannot be checked: nothing says what the file must be."""
-    failed = [a for a in attempts if a.error_type not in ("Skipped", "CacheMiss")]
+    failed = [same_failure(a) for a in attempts if a.error_type != "CacheMiss"]
+    failed = [f for f in failed if f[2] != "Skipped"]
     if failed:
-        why = "; ".join(f"{a.layer}: {a.error_type}" for a in failed[:3])
+        why = "; ".join(f"{layer}: {kind}" for layer, _, kind, _ in failed[:3])
         cause = f"no hash known: the metadata lookups failed ({why})"
     else:
         cause = "no manifest entry, no hash from the hub and no IPFS CID"

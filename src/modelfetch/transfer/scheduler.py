@@ -103,6 +103,7 @@ class Transfer:
         self.size = assembler.size
         self.picker = OriginPicker(candidates, run, max_per_origin=settings.connections)
         self.tallies: dict[str, OriginTally] = {}
+        self._received = assembler.spans.total  # bytes of the file at hand, for progress
         self._rates: dict[object, float] = {}  # connection -> bytes/s, for work stealing
         size = self.size if self.size is not None else UNKNOWN_END
         done = [(s.start, s.end) for s in assembler.spans]
@@ -303,11 +304,12 @@ class Transfer:
                     piece.pos += len(data)
                     got += len(data)
                     tally.bytes += len(data)
+                    self._received += len(data)
                     await sink.add(data)
                     elapsed = time.monotonic() - began
                     if elapsed > 0.05:
                         self._rates[wid] = got / elapsed
-                    self.observer.progress(self.assembler.written + sink.pending, origin)
+                    self.observer.progress(self._received, origin)
                 if piece.pos >= piece.end:
                     break
                 try:
@@ -337,6 +339,7 @@ class Transfer:
                 # that looked right before the failure.
                 await sink.drop()
                 await self.assembler.forget(opened_at, piece.pos, self.fresh_digests)
+                self._received -= piece.pos - opened_at
                 piece.pos = opened_at
                 got = 0
             else:
