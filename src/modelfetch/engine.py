@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -40,8 +41,6 @@ from .hashes import Digests, Identity
 from .httpclient import Client
 from .records import Records
 from .sources.base import FileRequest, Origin, Source
-from .sources.huggingface import HuggingFaceSource
-from .sources.ipfs import IPFSGatewaySource
 from .store import Store, stream_checks
 from .transfer import NoOrigin, PartialFile, RunState, WrongBytes, fetch
 
@@ -110,6 +109,7 @@ class Fetcher:
         records: Records | bool = True,
     ) -> None:
         """`records=True` keeps a record of every attempt in the models dir (False: none)."""
+        _limit_malloc_arenas()
         self.settings = settings or load_settings()
         self.store = Store(self.settings.models_dir)
         self._listeners: list[Listener] = list(listeners)
@@ -117,19 +117,29 @@ class Fetcher:
         self.records = open_records(self.settings) if records is True else records or None
         if self.records is not None:
             self._listeners.append(self.records.listener)
-        known = (
-            sources
-            if sources is not None
-            else (
-                IPFSGatewaySource(self.settings.ipfs),
-                HuggingFaceSource(self.settings.huggingface),
-            )
-        )
-        self._sources: dict[str, Source] = {s.layer: s for s in known}
+        self._given_sources = sources
+        self._built_sources: dict[str, Source] | None = None
         self._client: Client | None = None
         self._closed = False
         self._inflight: dict[Path, asyncio.Task[FileResult]] = {}
         self._slots = asyncio.Semaphore(self.settings.concurrency)
+
+    @property
+    def _sources(self) -> dict[str, Source]:
+        """The layers' sources, built at the first cache miss: an all-cached pull never
+        imports what talks to the network."""
+        if self._built_sources is None:
+            known = self._given_sources
+            if known is None:
+                from .sources.huggingface import HuggingFaceSource
+                from .sources.ipfs import IPFSGatewaySource
+
+                known = (
+                    IPFSGatewaySource(self.settings.ipfs),
+                    HuggingFaceSource(self.settings.huggingface),
+                )
+            self._built_sources = {s.layer: s for s in known}
+        return self._built_sources
 
     async def __aenter__(self) -> Fetcher:
         return self
@@ -564,6 +574,25 @@ class Fetcher:
                 self.records.record_cid_fetch(
                     request.model.name, request.ipfs_cid, ok, gateway_url=origin.base_url
                 )
+
+
+@functools.cache
+def _limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas at 2 (before the transfer's threads exist).
+
+    Body buffers are allocated on the event loop's thread and freed on the writer and
+    hasher threads; with one arena per thread, freed memory lingers in each. Measured on a
+    1 GiB, 8-connection pull: peak RSS 83-88 MB with the default, 62 MB with 2 arenas, at
+    the same speed. Elsewhere than glibc this is a no-op.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def open_records(settings: Settings) -> Records | None:
