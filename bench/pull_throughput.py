@@ -12,49 +12,19 @@ the ratios, and modelfetch's peak RSS. `curl+verify` is curl followed by `sha256
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _common import make_file, timed
 
 from modelfetch.testing import HubServer
 
 REPO = "bench/big-model"
 FILE = "model.bin"
-
-
-def make_file(path: Path, size: int) -> str:
-    """Write `size` pseudo-random bytes and return their SHA-256."""
-    digest = hashlib.sha256()
-    block = os.urandom(1 << 20)
-    with open(path, "wb") as f:
-        written = 0
-        counter = 0
-        while written < size:
-            chunk = hashlib.sha256(counter.to_bytes(8, "little")).digest() + block[32:]
-            chunk = chunk[: size - written]
-            f.write(chunk)
-            digest.update(chunk)
-            written += len(chunk)
-            counter += 1
-    return digest.hexdigest()
-
-
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one child process; fails loudly on error."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd[0]} failed: {stderr[-2000:]}")
-    return elapsed, usage.ru_maxrss
 
 
 def main() -> None:

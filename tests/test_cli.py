@@ -253,3 +253,34 @@ def test_dir_is_accepted_wherever_it_stands(tmp_path: Path, args: list[str]) -> 
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["total"] == 0
     assert (tmp_path / "m" / ".modelfetch" / "records.sqlite3").is_file()
+
+
+def test_files_failing_the_same_way_are_reported_once(
+    served: dict[str, str], tmp_path: Path
+) -> None:
+    # The hub's host does not resolve and the model has no CID: every file fails the same
+    # way. The host is asked once, then skipped as down for the other files; the report
+    # names every layer (ipfs skipped, with why) and groups the files.
+    config = tmp_path / "nocid.toml"
+    files = list(model_files())
+    config.write_text(
+        "[huggingface]\nretries = 3\ntimeout = 2\nbackoff = 0.05\n"
+        f'[models.plain]\ndir = "org/plain"\nfiles = {json.dumps(files)}\n'
+        f'huggingface = {{ repo = "{REPO}" }}\n'
+    )
+    env = {
+        **served,
+        "MODELFETCH_CONFIG": str(config),
+        "HF_ENDPOINT": "http://no-such-host.invalid",
+    }
+    proc = run(["pull", "plain"], env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{len(files)} files (" in proc.stderr
+    assert proc.stderr.count("all download layers exhausted") == 1
+    assert "cannot resolve host no-such-host.invalid" in proc.stderr
+    assert "ipfs: skipped: the model has no IPFS CID" in proc.stderr
+    proc = run(["pull", "plain", "--json"], env)
+    (error,) = json.loads(proc.stdout)["errors"]
+    assert sorted(error["files"]) == sorted(files) and error["file"] in files
+    layers = [(a["layer"], a["error_type"]) for a in error["attempts"]]
+    assert ("huggingface", "ConnectFailed") in layers and ("ipfs", "Skipped") in layers

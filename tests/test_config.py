@@ -204,3 +204,10 @@ def test_mirrors_parsed_and_validated(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=match):
             load_settings(config_file=write(tmp_path, f"[huggingface]\n{text}\n"), env={})
+
+
+def test_an_empty_gateway_list_means_no_gateway(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[ipfs]\ngateways = []\n")
+    settings = load_settings(config_file=config, env={})
+    assert settings.ipfs.gateways == ()

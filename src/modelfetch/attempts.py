@@ -18,6 +18,8 @@ from .sources.base import Origin
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EVERY = 0.25  # s between two progress events of a file while bytes arrive
+
 
 class FileLog:
     """The attempts of one file of one model, and their events."""
@@ -30,6 +32,7 @@ class FileLog:
         self.attempts: list[Attempt] = []
         self._meter: ProgressMeter | None = None
         self._last: tuple[str, str] | None = None  # (layer, base URL) of the sending origin
+        self._last_progress = 0.0
 
     def emit(self, event: Event) -> None:
         self._emit(event)
@@ -85,15 +88,21 @@ class FileLog:
     ) -> None:
         self.failed(origin.layer, origin.base_url, error, started, got)
 
-    def progress(self, written: int, origin: Origin) -> None:
+    def progress(self, received: int, origin: Origin) -> None:
+        """Called for every piece of body: an event at most every PROGRESS_EVERY seconds."""
         meter = self._meter
         if meter is None:
             return
+        meter.bytes = received
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_EVERY:
+            return
+        self._last_progress = now
         where = (origin.layer, origin.base_url)
         if where != self._last:
             self._last = where
             meter.base = replace(meter.base, source=origin.layer, gateway=origin.base_url)
-        meter.update(written)
+        meter.tick()
 
     # -- progress ------------------------------------------------------------------------
 

@@ -401,10 +401,11 @@ def _base_url(value: object, where: str) -> str:
 
 
 def _gateways(value: object, where: str) -> tuple[str, ...]:
+    """Gateway base URLs; an empty list means no gateway (the IPFS layer is then skipped)."""
     if isinstance(value, str):
         value = [v for v in value.split(",") if v.strip()]
-    if not isinstance(value, Sequence) or not value:
-        raise ConfigError(f"{where}: expected a non-empty list of gateway base URLs")
+    if not isinstance(value, Sequence):
+        raise ConfigError(f"{where}: expected a list of gateway base URLs")
     return tuple(_base_url(v, where) for v in value)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,7 @@ from .attempts import FileLog
 from .catalog import ModelSpec
 from .config import Settings, load_settings
 from .errors import (
+    DOWN_EARLIER,
     AllSourcesFailed,
     Attempt,
     HashMismatch,
@@ -32,14 +34,13 @@ from .errors import (
     SourceError,
     StorageError,
     VerificationError,
+    same_failure,
 )
 from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent
 from .hashes import Digests, Identity
 from .httpclient import Client
 from .records import Records
 from .sources.base import FileRequest, Origin, Source
-from .sources.huggingface import HuggingFaceSource
-from .sources.ipfs import IPFSGatewaySource
 from .store import Store, stream_checks
 from .transfer import NoOrigin, PartialFile, RunState, WrongBytes, fetch
 
@@ -59,7 +60,8 @@ class FileResult:
     source: Layer
     gateway: str | None
     bytes_downloaded: int
-    origins: tuple[tuple[Layer, str, int], ...] = ()  # (layer, base URL, bytes) of each used
+    # (layer, base URL, bytes of the file it sent) of each origin whose bytes are in the file
+    origins: tuple[tuple[Layer, str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -107,6 +109,7 @@ class Fetcher:
         records: Records | bool = True,
     ) -> None:
         """`records=True` keeps a record of every attempt in the models dir (False: none)."""
+        _limit_malloc_arenas()
         self.settings = settings or load_settings()
         self.store = Store(self.settings.models_dir)
         self._listeners: list[Listener] = list(listeners)
@@ -114,19 +117,29 @@ class Fetcher:
         self.records = open_records(self.settings) if records is True else records or None
         if self.records is not None:
             self._listeners.append(self.records.listener)
-        known = (
-            sources
-            if sources is not None
-            else (
-                IPFSGatewaySource(self.settings.ipfs),
-                HuggingFaceSource(self.settings.huggingface),
-            )
-        )
-        self._sources: dict[str, Source] = {s.layer: s for s in known}
+        self._given_sources = sources
+        self._built_sources: dict[str, Source] | None = None
         self._client: Client | None = None
         self._closed = False
         self._inflight: dict[Path, asyncio.Task[FileResult]] = {}
         self._slots = asyncio.Semaphore(self.settings.concurrency)
+
+    @property
+    def _sources(self) -> dict[str, Source]:
+        """The layers' sources, built at the first cache miss: an all-cached pull never
+        imports what talks to the network."""
+        if self._built_sources is None:
+            known = self._given_sources
+            if known is None:
+                from .sources.huggingface import HuggingFaceSource
+                from .sources.ipfs import IPFSGatewaySource
+
+                known = (
+                    IPFSGatewaySource(self.settings.ipfs),
+                    HuggingFaceSource(self.settings.huggingface),
+                )
+            self._built_sources = {s.layer: s for s in known}
+        return self._built_sources
 
     async def __aenter__(self) -> Fetcher:
         return self
@@ -330,7 +343,9 @@ class Fetcher:
         ranked = sorted(self._sources.values(), key=lambda s: EVIDENCE_RANK.get(s.layer, 9))
         for source in ranked:
             for origin in source.origins(request):
-                if run.skip_reason(origin.base_url) is not None:
+                reason = run.skip_reason(origin.base_url)
+                if reason is not None:
+                    file_log.skipped(origin.layer, origin.base_url, reason + DOWN_EARLIER)
                     continue
                 started = time.monotonic()
                 try:
@@ -366,15 +381,17 @@ class Fetcher:
             if not origins:
                 file_log.skipped(layer, None, source.why_none(request))
                 continue
-            if not identity.verifiable:
-                file_log.skipped(layer, None, _unverifiable_reason(layer, file_log.attempts))
-                continue
+            usable = []
             for origin in run.rank(origins):
                 reason = run.skip_reason(origin.base_url)
-                if reason is not None:
-                    file_log.skipped(layer, origin.base_url, f"{reason} (earlier in this run)")
-                    continue
-                candidates.append(origin)
+                if reason is None:
+                    usable.append(origin)
+                elif not any(a.origin == origin.base_url for a in file_log.attempts):
+                    file_log.skipped(layer, origin.base_url, reason + DOWN_EARLIER)
+            if usable and not identity.verifiable:
+                file_log.skipped(layer, None, _unverifiable_reason(layer, file_log.attempts))
+                continue
+            candidates.extend(usable)
         return candidates
 
     async def _from_cache(
@@ -498,12 +515,15 @@ class Fetcher:
         on_disk = delivered.on_disk
         used = sorted(delivered.tallies.values(), key=lambda t: -on_disk.get(t.origin.base_url, 0))
         for tally in used:
-            if on_disk.get(tally.origin.base_url):  # a liar's bytes are not on disk any more
+            completed = tally.bytes - tally.failed_bytes  # the failed requests have their rows
+            # A success row for each origin with bytes in the file from a request that
+            # completed (a liar's bytes are not on disk any more).
+            if on_disk.get(tally.origin.base_url) and completed > 0:
                 file_log.succeeded(
                     tally.origin.layer,
                     tally.origin.base_url,
                     tally.busy_s * 1000,
-                    tally.bytes - tally.failed_bytes,  # the failed requests have their rows
+                    completed,
                     tally.first_byte_ms,
                 )
         self._note_cid_fetches(request, [t.origin for t in used if t.bytes], run, ok=True)
@@ -518,7 +538,11 @@ class Fetcher:
             main.layer,
             main.base_url,
             fetched,
-            tuple((t.origin.layer, t.origin.base_url, t.bytes) for t in used if t.bytes),
+            tuple(
+                (t.origin.layer, t.origin.base_url, on_disk[t.origin.base_url])
+                for t in used
+                if on_disk.get(t.origin.base_url)
+            ),
         )
 
     def _blame(
@@ -552,6 +576,25 @@ class Fetcher:
                 )
 
 
+@functools.cache
+def _limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas at 2 (before the transfer's threads exist).
+
+    Body buffers are allocated on the event loop's thread and freed on the writer and
+    hasher threads; with one arena per thread, freed memory lingers in each. Measured on a
+    1 GiB, 8-connection pull: peak RSS 83-88 MB with the default, 62 MB with 2 arenas, at
+    the same speed. Elsewhere than glibc this is a no-op.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def open_records(settings: Settings) -> Records | None:
     """The models dir's records, or None (with a warning) when they cannot be opened."""
     try:
@@ -569,9 +612,10 @@ async def _tick_every_second(file_log: FileLog) -> None:
 
 def _unverifiable_reason(layer: Layer, attempts: Sequence[Attempt]) -> str:
     """Why a layer's bytes cannot be checked: nothing says what the file must be."""
-    failed = [a for a in attempts if a.error_type not in ("Skipped", "CacheMiss")]
+    failed = [same_failure(a) for a in attempts if a.error_type != "CacheMiss"]
+    failed = [f for f in failed if f[2] != "Skipped"]
     if failed:
-        why = "; ".join(f"{a.layer}: {a.error_type}" for a in failed[:3])
+        why = "; ".join(f"{layer}: {kind}" for layer, _, kind, _ in failed[:3])
         cause = f"no hash known: the metadata lookups failed ({why})"
     else:
         cause = "no manifest entry, no hash from the hub and no IPFS CID"

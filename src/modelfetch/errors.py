@@ -177,6 +177,8 @@ class Attempt:
 
     def line(self) -> str:
         where = f" {self.origin}" if self.origin else ""
+        if self.error_type == "Skipped":
+            return f"{self.layer}{where}: skipped: {self.message}"
         return f"{self.layer}{where}: {self.error_type}: {self.message}"
 
 
@@ -189,6 +191,66 @@ class AllSourcesFailed(ModelfetchError):
         self.attempts = list(attempts)
         lines = "\n".join(f"  {a.line()}" for a in self.attempts) or "  (no source could be tried)"
         super().__init__(f"{model}: {path}: all download layers exhausted\n{lines}")
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Files of one model that failed in the same way (same origins, same errors)."""
+
+    files: tuple[str, ...]
+    error: ModelfetchError  # the first file's error
+
+    def text(self) -> str:
+        if len(self.files) == 1 or not isinstance(self.error, AllSourcesFailed):
+            return str(self.error)
+        shown = ", ".join(self.files[:5]) + (", …" if len(self.files) > 5 else "")
+        lines = "\n".join(f"  {a.line()}" for a in _generic(self.error))
+        return (
+            f"{self.error.model}: {len(self.files)} files ({shown}): "
+            f"all download layers exhausted, each the same way:\n{lines}"
+        )
+
+
+def group_failures(errors: Sequence[ModelfetchError]) -> list[FailureGroup]:
+    """Errors of one model, those identical but for the file's name told once."""
+    groups: dict[object, list[ModelfetchError]] = {}
+    for exc in errors:
+        if isinstance(exc, AllSourcesFailed):
+            key: object = tuple(same_failure(a) for a in _generic(exc))
+        else:
+            key = id(exc)
+        groups.setdefault(key, []).append(exc)
+    return [
+        FailureGroup(
+            tuple(e.path if isinstance(e, AllSourcesFailed) else "" for e in same), same[0]
+        )
+        for same in groups.values()
+    ]
+
+
+DOWN_EARLIER = " (earlier in this run)"
+
+
+def same_failure(a: Attempt) -> tuple[str, str | None, str, str]:
+    """What makes two attempts the same failure: an origin skipped because it was found
+    down for an earlier file failed the same way as the file that found it down."""
+    if a.error_type == "Skipped" and a.message.startswith("down: "):
+        return (a.layer, a.origin, "ConnectFailed", a.message[6:].removesuffix(DOWN_EARLIER))
+    return (a.layer, a.origin, a.error_type, a.message)
+
+
+def _generic(exc: AllSourcesFailed) -> list[Attempt]:
+    """The attempts with the file's own name (and URL-quoted name) replaced by `{file}`."""
+    from urllib.parse import quote
+
+    names = sorted({exc.path, quote(exc.path), f"{exc.model}/{exc.path}"}, key=len, reverse=True)
+
+    def scrub(text: str) -> str:
+        for name in names:
+            text = text.replace(name, "{file}")
+        return text
+
+    return [Attempt(a.layer, a.origin, a.error_type, scrub(a.message)) for a in exc.attempts]
 
 
 def error_report(model: str, exc: BaseException) -> dict[str, Any]:
@@ -216,6 +278,19 @@ def error_report(model: str, exc: BaseException) -> dict[str, Any]:
             for a in exc.attempts
         ]
     return item
+
+
+def grouped_error_reports(model: str, errors: Sequence[ModelfetchError]) -> list[dict[str, Any]]:
+    """`error_report`s of a model's errors, one per group: `file` is the first file,
+    `files` all of them (a group of one is reported exactly as `error_report` does)."""
+    reports = []
+    for group in group_failures(errors):
+        item = error_report(model, group.error)
+        if len(group.files) > 1:
+            item["files"] = list(group.files)
+            item["message"] = group.text().splitlines()[0]
+        reports.append(item)
+    return reports
 
 
 def error_type(exc: BaseException) -> str:

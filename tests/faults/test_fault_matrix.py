@@ -298,7 +298,7 @@ async def test_429_storm(big_world: World, checked: Check) -> None:
 async def test_truncated_body(big_world: World, checked: Check) -> None:
     size = len(big_world.files[BIG])
     big_world.hub.inject(faults.truncated(after_bytes=size // 2), path=BIG, on="cdn", times=1)
-    result = await pull(big_world, order=("cache", "huggingface"))
+    result = await pull(big_world, order=("cache", "huggingface"), transfer=ONE_CONNECTION)
     assert result.ok
     sent = big_world.hub.bytes_sent(BIG)
     assert sent <= 1.05 * size
@@ -310,7 +310,7 @@ async def test_truncated_body(big_world: World, checked: Check) -> None:
 async def test_reset_mid_body(big_world: World, checked: Check) -> None:
     size = len(big_world.files[BIG])
     big_world.gateways[0].inject(faults.reset(after_bytes=size // 3), path=BIG, times=1)
-    result = await pull(big_world)
+    result = await pull(big_world, transfer=ONE_CONNECTION)
     assert result.ok
     sent = big_world.gateways[0].bytes_sent(BIG)
     assert sent <= 1.05 * size

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import LAYERS
-from ..errors import error_report
+from ..errors import group_failures, grouped_error_reports
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -86,7 +86,7 @@ def pull_document(results: list[ModelResult]) -> dict[str, Any]:
             }
             for r in results
         ],
-        "errors": [error_report(r.name, e) for r in results for e in r.errors],
+        "errors": [item for r in results for item in grouped_error_reports(r.name, r.errors)],
     }
 
 
@@ -101,5 +101,5 @@ def render_pull(results: list[ModelResult]) -> None:
         for f in sorted(r.files, key=lambda f: f.path):
             where = f" {f.gateway}" if f.gateway else ""
             echo(f"  {f.path}  {human_bytes(f.size)}  {f.source}{where}")
-        for e in r.errors:
-            echo_error(e)
+        for group in group_failures(r.errors):
+            echo_error(group.text())

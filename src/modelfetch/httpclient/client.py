@@ -13,13 +13,14 @@ import asyncio
 import base64
 import contextlib
 import socket
-import ssl
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:  # ssl and urllib.request cost ~0.1 s to import: only when connecting
+    import ssl
 
 from ..errors import ConnectFailed, HTTPStatus, Stalled
 from .connection import Connection, Head, Headers
@@ -92,11 +93,11 @@ class Response:
             body = conn.body_chunked()
         else:
             body = conn.body_until_close()
+        conn.watch_stalls(self._stall)  # by the connection itself: no timer per piece
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self._stall):
-                        piece = await anext(body)
+                    piece = await anext(body)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
@@ -105,6 +106,8 @@ class Response:
         except BaseException:
             self.close()
             raise
+        finally:
+            conn.watch_stalls(None)
         self._finish()
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
@@ -174,7 +177,8 @@ class Client:
     def __init__(self, *, trust_env: bool = True, idle_per_host: int = IDLE_PER_HOST) -> None:
         self._idle: dict[_Key, list[Connection]] = {}
         self._idle_per_host = idle_per_host
-        self._proxies = urllib.request.getproxies() if trust_env else {}
+        self._trust_env = trust_env
+        self._proxies: dict[str, str] | None = None
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
 
@@ -193,6 +197,8 @@ class Client:
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
+            import ssl
+
             self._ssl = ssl.create_default_context()
             self._ssl.set_alpn_protocols(["http/1.1"])
         return self._ssl
@@ -269,6 +275,12 @@ class Client:
             conns.append(conn)
 
     def _proxy_for(self, scheme: str, host: str) -> _Proxy | None:
+        if not self._trust_env:
+            return None
+        import urllib.request
+
+        if self._proxies is None:
+            self._proxies = urllib.request.getproxies()
         value = self._proxies.get(scheme) or self._proxies.get("all")
         if not value or urllib.request.proxy_bypass(host):
             return None
@@ -283,6 +295,8 @@ class Client:
         proxy: _Proxy | None,
         timeouts: Timeouts,
     ) -> Connection:
+        import ssl
+
         loop = asyncio.get_running_loop()
         where = f"{host}:{port}"
         dial_host, dial_port = (proxy.host, proxy.port) if proxy else (host, port)

@@ -10,6 +10,7 @@ coding, and bodies that end when the connection closes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -76,6 +77,11 @@ class Connection(asyncio.BufferedProtocol):
         self._paused = False
         self.received_any = False  # since the last request was sent: a reused connection
         # that dies before answering may be retried on a fresh one.
+        # While a body is read: `read` raises TimeoutError after this long without bytes.
+        # One timer re-armed lazily, not one per piece (at GB/s that costs real CPU).
+        self.stall_timeout: float | None = None
+        self._last_data = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -91,6 +97,7 @@ class Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._fill += nbytes
         self.received_any = True
+        self._last_data = _now()
         if self._fill == BUFFER_SIZE or self._waiter is not None:
             self._push()
 
@@ -156,7 +163,10 @@ class Connection(asyncio.BufferedProtocol):
                 if self._error is not None:
                     raise ConnectFailed(f"connection to {self.where} broken: {_why(self._error)}")
                 return memoryview(b"")
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            if self.stall_timeout is not None and self._watchdog is None:
+                self._watchdog = loop.call_at(self._last_data + self.stall_timeout, self._watch)
             try:
                 await self._waiter
             finally:
@@ -167,6 +177,28 @@ class Connection(asyncio.BufferedProtocol):
             self._paused = False
             self.transport.resume_reading()
         return data
+
+    def watch_stalls(self, timeout: float | None) -> None:
+        """From now on (None: no more), a read waiting `timeout` s for bytes fails."""
+        self.stall_timeout = timeout
+        self._last_data = _now()
+        if timeout is None and self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _watch(self) -> None:
+        """The stall watchdog: fail the waiting read if no byte came for `stall_timeout`."""
+        self._watchdog = None
+        timeout = self.stall_timeout
+        waiter = self._waiter
+        if timeout is None or waiter is None or waiter.done():
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_data + timeout
+        if loop.time() >= due:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._watchdog = loop.call_at(due, self._watch)
 
     def unread(self, data: memoryview) -> None:
         """Put back bytes read too far (they are returned by the next `read`)."""
@@ -281,6 +313,10 @@ def _parse_head(raw: bytes, where: str) -> Head:
             raise HTTPStatus(502, f"{where} sent a malformed header line {line[:80]!r}")
         items.append((name, value.strip()))
     return Head(parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "", Headers(items))
+
+
+def _now() -> float:
+    return time.monotonic()  # what the event loop's time() is on every platform we run on
 
 
 def _why(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from ..catalog import ModelSpec
 from ..config import Settings
 from ..engine import Fetcher, ModelResult
-from ..errors import ModelfetchError, error_report
+from ..errors import ModelfetchError, error_report, grouped_error_reports
 from ..events import AttemptEvent, Event, ProgressEvent, now_ms
 from ..inventory import ModelStatus, inspect_model
 from ..records import Records
@@ -27,7 +27,7 @@ StartStatus = Literal["started", "joined"]
 def result_message(name: str, result: ModelResult | None, error: BaseException | None) -> Message:
     """The `model_download_result` broadcast of a finished download."""
     files = sorted(result.files, key=lambda f: f.path) if result is not None else []
-    errors = [error_report(name, e) for e in result.errors] if result is not None else []
+    errors = grouped_error_reports(name, result.errors) if result is not None else []
     if error is not None:
         errors.append(error_report(name, error))
     return {

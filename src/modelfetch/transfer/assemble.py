@@ -12,8 +12,7 @@ So memory stays at the batches in flight, whatever the order of arrival.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -26,16 +25,23 @@ from .partial import PartialFile, Spans
 
 log = logging.getLogger(__name__)
 
-READ_BACK: Final = 4 << 20  # bytes read back per step when hashing behind the writes
+READ_BACK: Final = 1 << 20  # bytes read back per step when hashing behind the writes
 SAVE_EVERY: Final = 0.02  # s between control-file saves while bytes keep arriving
 WRITEBACK_FROM: Final = 1 << 20  # batches this big start their writeback at once
-HASH_LAG: Final = 16 << 20  # bytes kept in memory for the hashing job before writers wait
+HASH_LAG: Final = 4 << 20  # bytes kept in memory for the hashing job before writers wait
 
 Chunks = Sequence[bytes | memoryview]
 
 
+@functools.cache
 def _writeback_starter() -> Callable[[int, int, int], None] | None:
-    """Linux sync_file_range(SYNC_FILE_RANGE_WRITE): start writeback without waiting."""
+    """Linux sync_file_range(SYNC_FILE_RANGE_WRITE): start writeback without waiting.
+
+    Looked up at the first write, not at import (finding libc can cost a subprocess).
+    """
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         func = libc.sync_file_range
@@ -47,9 +53,6 @@ def _writeback_starter() -> Callable[[int, int, int], None] | None:
         func(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; failure only costs time later
 
     return start
-
-
-_start_writeback = _writeback_starter()
 
 
 class Assembler:
@@ -136,8 +139,9 @@ class Assembler:
                     n = os.pwrite(self._fd, view, pos)
                     pos += n
                     view = view[n:]
-            if _start_writeback is not None and size >= WRITEBACK_FROM:
-                _start_writeback(self._fd, offset, size)
+            start_writeback = _writeback_starter()
+            if start_writeback is not None and size >= WRITEBACK_FROM:
+                start_writeback(self._fd, offset, size)
         except OSError as exc:
             needed = None if self.size is None else max(0, self.size - self.written)
             raise storage_error(exc, self.partial.data, needed=needed) from None
@@ -224,8 +228,13 @@ class Assembler:
         if self._save_handle is not None:
             self._save_handle.cancel()
             self._save_handle = None
-        while self._saving is not None:
-            await asyncio.shield(self._saving)
+        saving = self._saving
+        if saving is not None:
+            # Wait for the save under way (an older state). Awaiting a future that is done
+            # already does not yield, so its callback may not have run: clear it here.
+            await asyncio.gather(asyncio.shield(saving), return_exceptions=True)
+            if self._saving is saving:
+                self._saving = None
         self._unsaved = False
         await asyncio.to_thread(self._save, Spans(list(self.spans)))
 

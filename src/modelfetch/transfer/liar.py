@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import SourceError, VerificationError
 from ..hashes import Digests, Verified
@@ -69,20 +70,27 @@ async def hunt(
             o for o in candidates if o.base_url != suspect and run.skip_reason(o.base_url) is None
         ]
         for referee in referees:  # in the order of preference
+            undo = _Undo(assembler.partial.data.with_name(assembler.partial.data.name + ".undo"))
             try:
                 wrong, fetched = await _compare_and_fix(
-                    client, referee, assembler, by_origin[suspect]
+                    client, referee, assembler, by_origin[suspect], undo
                 )
             except (SourceError, VerificationError) as exc:
                 log.info("referee %s failed: %s", referee.base_url, exc)
+                await asyncio.to_thread(undo.restore, assembler)
                 continue
             if not wrong:
                 accomplices.append(referee.base_url)
+                await asyncio.to_thread(undo.discard)
                 break  # the referee sent the same bytes: look at the next suspect
             try:
                 verified = await assembler.rehash(fresh_digests())
             except VerificationError:
+                # The referee's bytes are no better (it may be the liar): put the suspect's
+                # back, so a later check compares against what was really received.
+                await asyncio.to_thread(undo.restore, assembler)
                 break
+            await asyncio.to_thread(undo.discard)
             # Every byte of the suspect's ranges now equals the referee's: credit it.
             for start, end in by_origin[suspect]:
                 assembler.spans.remove(start, end)
@@ -96,6 +104,7 @@ async def _compare_and_fix(
     referee: Origin,
     assembler: Assembler,
     ranges: list[tuple[int, int]],
+    undo: _Undo,
 ) -> tuple[list[tuple[int, int]], int]:
     """Fetch `ranges` from `referee`; overwrite the bytes that differ.
 
@@ -117,7 +126,7 @@ async def _compare_and_fix(
                 size += len(data)
                 if size >= COMPARE_BATCH or pos + size >= end:
                     joined = b"".join(batch)
-                    if await asyncio.to_thread(_differs_then_fix, assembler, pos, joined):
+                    if await asyncio.to_thread(_differs_then_fix, assembler, pos, joined, undo):
                         _merge(wrong, pos, pos + len(joined))
                     pos += len(joined)
                     fetched += len(joined)
@@ -131,20 +140,57 @@ async def _compare_and_fix(
     return wrong, fetched
 
 
-def _differs_then_fix(assembler: Assembler, offset: int, data: bytes) -> bool:
-    """Compare `data` with the file at `offset`; write it there if they differ."""
+def _differs_then_fix(assembler: Assembler, offset: int, data: bytes, undo: _Undo) -> bool:
+    """Compare `data` with the file at `offset`; if they differ, keep the old bytes in
+    `undo` and write `data` there."""
     fd = assembler.fileno
     try:
-        if os.pread(fd, len(data), offset) == data:
+        old = os.pread(fd, len(data), offset)
+        if old == data:
             return False
-        view = memoryview(data)
-        pos = offset
-        while view:
-            n = os.pwrite(fd, view, pos)
-            view, pos = view[n:], pos + n
+        undo.keep(offset, old)
+        _pwrite_all(fd, data, offset)
     except OSError as exc:
         raise storage_error(exc, assembler.partial.data) from None
     return True
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+class _Undo:
+    """The bytes a check overwrote, kept on disk (they may be large) until it is decided."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: list[tuple[int, int, int]] = []  # (file offset, length, undo offset)
+        self._size = 0
+
+    def keep(self, offset: int, old: bytes) -> None:
+        with open(self.path, "ab") as f:
+            f.write(old)
+        self._entries.append((offset, len(old), self._size))
+        self._size += len(old)
+
+    def restore(self, assembler: Assembler) -> None:
+        """Write the kept bytes back where they were (blocking)."""
+        if self._entries:
+            try:
+                with open(self.path, "rb") as f:
+                    for offset, length, at in self._entries:
+                        f.seek(at)
+                        _pwrite_all(assembler.fileno, f.read(length), offset)
+            except OSError as exc:
+                raise storage_error(exc, assembler.partial.data) from None
+        self.discard()
+
+    def discard(self) -> None:
+        self._entries.clear()
+        self.path.unlink(missing_ok=True)
 
 
 def _merge(ranges: list[tuple[int, int]], start: int, end: int) -> None:

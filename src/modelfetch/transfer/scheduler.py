@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,6 +39,8 @@ from .plan import Piece, Plan
 log = logging.getLogger(__name__)
 
 UNKNOWN_END = 1 << 62  # the end of a piece of a file whose size nobody announced
+FAN_IN_AFTER = 0.3  # s of transfer before deciding whether many connections are worth it
+ONE_IS_ENOUGH = 256e6  # bytes/s: one connection this fast saturates what can be verified
 
 
 class Observer(Protocol):
@@ -78,6 +80,7 @@ class _Opened:
     first: bytes | memoryview | None  # None: the body was empty
     started: float
     first_byte_at: float
+    end: int  # the end of the range asked for (the piece may have shrunk since)
 
 
 class Transfer:
@@ -102,6 +105,7 @@ class Transfer:
         self.size = assembler.size
         self.picker = OriginPicker(candidates, run, max_per_origin=settings.connections)
         self.tallies: dict[str, OriginTally] = {}
+        self._received = assembler.spans.total  # bytes of the file at hand, for progress
         self._rates: dict[object, float] = {}  # connection -> bytes/s, for work stealing
         size = self.size if self.size is not None else UNKNOWN_END
         done = [(s.start, s.end) for s in assembler.spans]
@@ -117,18 +121,38 @@ class Transfer:
     async def run(self) -> None:
         """Fetch every missing byte; raises NoOrigin when no origin can deliver the rest."""
         count = self.plan.initial_pieces()
-        workers = [asyncio.ensure_future(self._worker(i)) for i in range(count)]
+        workers = {i: asyncio.ensure_future(self._worker(i)) for i in range(count)}
+        dropped: set[int] = set()
+        monitor = asyncio.ensure_future(self._fan_in(workers, dropped)) if count > 1 else None
         try:
-            results = await asyncio.gather(*workers, return_exceptions=True)
+            results = await asyncio.gather(*workers.values(), return_exceptions=True)
         finally:
-            for w in workers:
+            for w in (*workers.values(), *([monitor] if monitor else [])):
                 w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-        for result in results:
+            await asyncio.gather(*workers.values(), return_exceptions=True)
+        for wid, result in zip(workers, results, strict=True):
+            if wid in dropped and isinstance(result, asyncio.CancelledError):
+                continue
             if isinstance(result, BaseException) and not isinstance(result, NoOrigin):
                 raise result
         if not self.plan.complete:
             raise NoOrigin("no origin could deliver the rest of the file")
+
+    async def _fan_in(self, workers: Mapping[int, asyncio.Future[None]], dropped: set[int]) -> None:
+        """When one connection alone runs faster than the file can be verified, the others
+        only cost CPU and memory (and hashing out of order): keep the fastest, stop the rest.
+        Their pieces go back to the plan, the kept connection takes them in file order."""
+        await asyncio.sleep(FAN_IN_AFTER)
+        if not self._rates:
+            return
+        fastest, rate = max(self._rates.items(), key=lambda item: item[1])
+        if rate < ONE_IS_ENOUGH:
+            return
+        log.info("one connection runs at %.0f MB/s: the others are stopped", rate / 1e6)
+        for wid, worker in workers.items():
+            if wid != fastest and not worker.done():
+                dropped.add(wid)
+                worker.cancel()
 
     # -- one connection ------------------------------------------------------------------
 
@@ -245,7 +269,8 @@ class Transfer:
         except BaseException:
             stream.close()
             raise
-        return _Opened(origin, stream, body, first, started, time.monotonic())
+        asked = UNKNOWN_END if end is None else end
+        return _Opened(origin, stream, body, first, started, time.monotonic(), asked)
 
     def _check_length(self, stream: ByteStream, start: int, end: int | None) -> None:
         """An answer announcing another length than the bytes asked for is another file
@@ -283,7 +308,7 @@ class Transfer:
         raw = 0  # body bytes read, skipped ones included
         error: ModelfetchError | None = None
         opened_at = piece.pos
-        asked_end = piece.end
+        asked_end = opened.end
         overrun = False
         try:
             chunk = opened.first
@@ -301,11 +326,12 @@ class Transfer:
                     piece.pos += len(data)
                     got += len(data)
                     tally.bytes += len(data)
+                    self._received += len(data)
                     await sink.add(data)
                     elapsed = time.monotonic() - began
                     if elapsed > 0.05:
                         self._rates[wid] = got / elapsed
-                    self.observer.progress(self.assembler.written + sink.pending, origin)
+                    self.observer.progress(self._received, origin)
                 if piece.pos >= piece.end:
                     break
                 try:
@@ -335,6 +361,7 @@ class Transfer:
                 # that looked right before the failure.
                 await sink.drop()
                 await self.assembler.forget(opened_at, piece.pos, self.fresh_digests)
+                self._received -= piece.pos - opened_at
                 piece.pos = opened_at
                 got = 0
             else:
