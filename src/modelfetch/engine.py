@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from .attempts import FileLog
+from .attempts import FileLog, blame, report_liar, report_senders
+from .cachecheck import from_destination, from_hf_cache
 from .catalog import ModelSpec
 from .config import Settings, load_settings
 from .destination import Destination, ModelsDir
@@ -28,7 +28,6 @@ from .errors import (
     DOWN_EARLIER,
     AllSourcesFailed,
     Attempt,
-    HashMismatch,
     ModelfetchError,
     NotCached,
     SourceError,
@@ -43,7 +42,7 @@ from .records import Records
 from .results import FileResult, ModelResult
 from .sources.base import FileRequest, Origin, Source
 from .store import Store, stream_checks
-from .transfer import NoOrigin, PartialFile, RunState, WrongBytes, fetch
+from .transfer import NoOrigin, PartialFile, RunState, WrongBytes, fetch, limit_malloc_arenas
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class Fetcher:
         records: Records | bool = True,
     ) -> None:
         """`records=True` keeps a record of every attempt in the models dir (False: none)."""
-        _limit_malloc_arenas()
+        limit_malloc_arenas()
         self.settings = settings or load_settings()
         self.store = Store(self.settings.models_dir)
         self._listeners: list[Listener] = list(listeners)
@@ -277,7 +276,7 @@ class Fetcher:
         identity = await asyncio.to_thread(dest.known_identity, request.path, request.identity)
         if identity is None:
             return None
-        return await self._from_cache(request, identity, file_log, dest, final=False)
+        return await from_destination(request, identity, file_log, dest, final=False)
 
     async def _through_layers(
         self, request: FileRequest, file_log: FileLog, run: RunState, dest: Destination
@@ -285,9 +284,9 @@ class Fetcher:
         model, path = request.model, request.path
         identity = await self._settle_identity(request, file_log, run)
         if "cache" in self.settings.order:
-            hit = await self._from_cache(request, identity, file_log, dest)
+            hit = await from_destination(request, identity, file_log, dest)
             if hit is None:
-                hit = await self._from_hf_cache(request, identity, file_log, dest)
+                hit = await from_hf_cache(self.settings, request, identity, file_log, dest)
             if hit is not None:
                 return hit
         if self.settings.huggingface.offline:
@@ -384,94 +383,6 @@ class Fetcher:
             candidates.extend(usable)
         return candidates
 
-    async def _from_cache(
-        self,
-        request: FileRequest,
-        identity: Identity,
-        file_log: FileLog,
-        dest: Destination,
-        *,
-        final: bool = True,
-    ) -> FileResult | None:
-        """The cache layer. With `final=False` (a quick look) a miss is silent, moves nothing."""
-        model, path = request.model, request.path
-        started = time.monotonic()
-        if not identity.verifiable:
-            present = dest.final_path(path).is_file()
-            kind = "Unverifiable" if present else "CacheMiss"
-            message = "present, but nothing to verify it against" if present else "not on disk"
-            if present:
-                file_log.attempts.append(Attempt("cache", None, kind, message))
-            file_log.emit(
-                AttemptEvent(
-                    model.name, path, "cache", "error", error_type=kind, error_message=message
-                )
-            )
-            return None
-        found = await dest.lookup(path, identity, repair=final)
-        latency = (time.monotonic() - started) * 1000
-        if found.status == "hit" and found.verified is not None:
-            size, sha256 = found.verified.size, found.verified.sha256
-            file_log.emit(AttemptEvent(model.name, path, "cache", "hit", latency_ms=latency))
-            file_log.emit(
-                ProgressEvent(
-                    model.name, path, "cache", "success", bytes_downloaded=size, total_bytes=size
-                )
-            )
-            return FileResult(path, found.path, size, sha256, "cache", None, 0)
-        if not final:
-            return None
-        kind = found.error_type or "CacheMiss"
-        message = found.reason or "not in the models dir"
-        file_log.emit(
-            AttemptEvent(
-                model.name,
-                path,
-                "cache",
-                "error",
-                latency_ms=latency,
-                error_type=kind,
-                error_message=message,
-            )
-        )
-        if found.status == "corrupt":
-            note = f"{message} ({dest.corrupt_note})"
-            file_log.attempts.append(Attempt("cache", None, kind, note))
-            log.warning("%s: %s: %s", model.name, path, note)
-        return None
-
-    async def _from_hf_cache(
-        self, request: FileRequest, identity: Identity, file_log: FileLog, dest: Destination
-    ) -> FileResult | None:
-        """The Hugging Face cache, read as a cache: a matching blob, no transfer."""
-        from .cachelayer import find_blob
-        from .hfcache import HFCache
-        from .hfdest import Stamps
-
-        model, path = request.model, request.path
-        if model.huggingface is None:
-            return None
-        started = time.monotonic()
-        cache = HFCache(self.settings.huggingface.cache_dir)
-        found = await asyncio.to_thread(
-            find_blob, cache, Stamps(self.settings.models_dir), model, path, identity, dest
-        )
-        for problem in found.problems:
-            file_log.attempts.append(Attempt("cache", None, "HashMismatch", problem))
-            log.warning("%s: %s: %s", model.name, path, problem)
-        if found.blob is None or found.verified is None:
-            return None
-        final = await asyncio.to_thread(dest.install_copy, path, found.blob, found.verified)
-        size, sha256 = found.verified.size, found.verified.sha256
-        latency = (time.monotonic() - started) * 1000
-        file_log.emit(AttemptEvent(model.name, path, "cache", "hit", latency_ms=latency))
-        file_log.emit(
-            ProgressEvent(
-                model.name, path, "cache", "success", bytes_downloaded=size, total_bytes=size
-            )
-        )
-        return FileResult(path, final, size, sha256, "cache", None, 0)
-
     async def _transfer(
         self,
         request: FileRequest,
@@ -516,42 +427,18 @@ class Fetcher:
                     self._note_cid_fetches(request, left, run)
                     return None
                 except WrongBytes as wrong:
-                    self._blame(wrong, left, file_log, run, started)
+                    blame(wrong, left, file_log, run, started)
                     excluded.update(wrong.contributors)
         finally:
             ticker.cancel()
         verdict = delivered.verdict
-        if verdict is not None and verdict.liar is not None:
-            liar = next((o for o in candidates if o.base_url == verdict.liar), None)
-            if liar is not None:
-                ranges = ", ".join(f"{s:,}-{e:,}" for s, e in verdict.wrong_ranges[:3])
-                file_log.failed(
-                    liar.layer,
-                    liar.base_url,
-                    HashMismatch(
-                        f"{verdict.failure}; the wrong bytes were at {ranges}, from this origin "
-                        f"(found by fetching them again from {verdict.referee.base_url}): "
-                        "not asked again in this run"
-                    ),
-                    started,
-                )
+        if verdict is not None:
+            report_liar(verdict, candidates, file_log, started)
         final = await asyncio.to_thread(
             dest.install, path, partial.data, partial.control, delivered.verified
         )
         on_disk = delivered.on_disk
-        used = sorted(delivered.tallies.values(), key=lambda t: -on_disk.get(t.origin.base_url, 0))
-        for tally in used:
-            completed = tally.bytes - tally.failed_bytes  # the failed requests have their rows
-            # A success row for each origin with bytes in the file from a request that
-            # completed (a liar's bytes are not on disk any more).
-            if on_disk.get(tally.origin.base_url) and completed > 0:
-                file_log.succeeded(
-                    tally.origin.layer,
-                    tally.origin.base_url,
-                    tally.busy_s * 1000,
-                    completed,
-                    tally.first_byte_ms,
-                )
+        used = report_senders(delivered, file_log)
         self._note_cid_fetches(request, [t.origin for t in used if t.bytes], run, ok=True)
         main = used[0].origin if used else first
         fetched = sum(t.bytes for t in used)
@@ -571,24 +458,6 @@ class Fetcher:
             ),
         )
 
-    def _blame(
-        self,
-        wrong: WrongBytes,
-        origins: Sequence[Origin],
-        file_log: FileLog,
-        run: RunState,
-        started: float,
-    ) -> None:
-        """Bytes that failed verification and no single liar: every sender is suspect."""
-        for origin in origins:
-            if origin.base_url not in wrong.contributors:
-                continue
-            file_log.failed(origin.layer, origin.base_url, wrong.error, started)
-            if getattr(origin, "distrustable", True):
-                run.distrust(origin.base_url, f"{type(wrong.error).__name__}: {wrong.error}")
-        if None in wrong.contributors:
-            log.info("bytes kept from an earlier run were part of a file that failed: discarded")
-
     def _note_cid_fetches(
         self, request: FileRequest, origins: Sequence[Origin], run: RunState, *, ok: bool = False
     ) -> None:
@@ -600,25 +469,6 @@ class Fetcher:
                 self.records.record_cid_fetch(
                     request.model.name, request.ipfs_cid, ok, gateway_url=origin.base_url
                 )
-
-
-@functools.cache
-def _limit_malloc_arenas() -> None:
-    """Cap glibc's malloc arenas at 2 (before the transfer's threads exist).
-
-    Body buffers are allocated on the event loop's thread and freed on the writer and
-    hasher threads; with one arena per thread, freed memory lingers in each. Measured on a
-    1 GiB, 8-connection pull: peak RSS 83-88 MB with the default, 62 MB with 2 arenas, at
-    the same speed. Elsewhere than glibc this is a no-op.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def open_records(settings: Settings) -> Records | None:
