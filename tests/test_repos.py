@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +33,7 @@ from modelfetch.errors import (  # noqa: E402
     NoMatchingFiles,
     NotCached,
     RepoNotFound,
+    UnsafePath,
 )
 from modelfetch.hfcache import HFCache  # noqa: E402
 from modelfetch.hubtypes import RepoRef  # noqa: E402
@@ -386,16 +389,49 @@ def test_pull_blocking_form(hub: HubServer, tmp_path: Path) -> None:
     assert result.ok and [f.path for f in result.files] == ["config.json"]
 
 
-async def test_transformers_loads_what_we_wrote_offline(
-    hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    transformers = pytest.importorskip("transformers")
+async def test_transformers_loads_what_we_wrote_offline(hub: HubServer, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    words = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]")
+    )
+    words.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    hub.push(
+        REPO,
+        {
+            "tokenizer.json": words.to_str().encode(),
+            "tokenizer_config.json": json.dumps(
+                {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"}
+            ).encode(),
+        },
+    )
     settings = settings_for(hub, tmp_path)
     assert (await pull(settings)).ok
     hub.reset_counters()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    config = transformers.AutoConfig.from_pretrained(
-        REPO, cache_dir=str(cache_of(settings).root), local_files_only=True
+    # A fresh interpreter: huggingface_hub reads HF_HUB_OFFLINE once, when imported.
+    script = (
+        "import transformers as t\n"
+        f"c = t.AutoConfig.from_pretrained({REPO!r})\n"
+        f"k = t.AutoTokenizer.from_pretrained({REPO!r})\n"
+        "print(c.model_type, c.hidden_size, k('hello world')['input_ids'])\n"
     )
-    assert (config.model_type, config.hidden_size) == ("bert", 8)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache_of(settings).root), HF_ENDPOINT=hub.url)
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "bert 8 [1, 2]"
+    assert hub.request_count() == 0
+
+
+async def test_a_revision_that_is_no_ref_name_fails_first(hub: HubServer, tmp_path: Path) -> None:
+    settings = settings_for(hub, tmp_path)
+    with pytest.raises(UnsafePath):
+        await pull(settings, revision="../../etc")
     assert hub.request_count() == 0

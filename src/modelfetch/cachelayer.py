@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .catalog import ModelSpec
 from .destination import Destination
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 from .hashes import Identity, Verified
 from .hfcache import HFCache
 from .hfdest import Stamps, check_file, identity_of_etag
@@ -63,7 +63,7 @@ def find_blob(
     for etag in dict.fromkeys(etags):
         try:
             blob = cache.find_blob(repo, etag)
-        except Exception:  # not a blob name (a CID-only identity): nothing to find
+        except StorageError:  # not a blob name: nothing to find
             continue
         if blob is None:
             continue

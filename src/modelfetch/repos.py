@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .catalog import HuggingFaceRef, ModelSpec
+from .catalog import HuggingFaceRef, ModelSpec, check_relpath
 from .errors import (
     ConfigError,
     GatedRepo,
@@ -88,6 +88,8 @@ async def pull_names(
     from .transfer import RunState
 
     targets = [parse_name(fetcher.settings, n, options.repo_type) for n in names]
+    if options.revision is not None:
+        check_relpath(options.revision, what="revision")  # before anything is pulled
     run = RunState()
     results = []
     for target in targets:
@@ -103,7 +105,7 @@ async def pull_repo(
 ) -> ModelResult:
     """One repo at one commit into the Hugging Face cache (or `options.local_dir`)."""
     settings = fetcher.settings
-    revision = options.revision or "main"
+    revision = check_relpath(options.revision or "main", what="revision")  # a refs/ path
     cache = HFCache(settings.huggingface.cache_dir)
     local = LocalDir(options.local_dir) if options.local_dir is not None else None
     name = repo.repo_id
@@ -112,6 +114,11 @@ async def pull_repo(
             plan = await asyncio.to_thread(_plan_offline, cache, local, repo, revision, options)
         else:
             plan = await _plan_online(settings, cache, local, repo, revision, options)
+    except UnsafePath as exc:  # a name from the hub, not the user's: the work failed
+        bad = InvalidHubAnswer(
+            f"{repo}: the hub's file list has an unsafe name, nothing was written: {exc}"
+        )
+        return ModelResult(name, local.root if local else cache.repo_dir(repo), errors=[bad])
     except ConfigError:
         raise
     except ModelfetchError as exc:
@@ -183,13 +190,7 @@ async def _plan_online(
         listing = await asyncio.to_thread(_cached_tree, cache, local, repo, commit)
         fresh = listing is None
         if listing is None:
-            try:
-                files = await api.list_tree(repo, commit)
-            except UnsafePath as exc:
-                raise InvalidHubAnswer(
-                    f"{repo}: the hub's file list has an unsafe name, nothing was written: {exc}"
-                ) from None
-            listing = {f.path: f for f in files}
+            listing = {f.path: f for f in await api.list_tree(repo, commit)}
     finally:
         api.close()
     return _plan(repo, revision, commit, dict(listing), options, fresh)
