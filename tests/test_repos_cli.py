@@ -165,3 +165,17 @@ def test_status_lists_the_hf_cache(hub: HubServer, env: dict[str, str], tmp_path
     assert "Hugging Face cache" in text and REPO in text and "3/3 verified" in text
     empty = run(["status", "--json", "--cache-dir", str(tmp_path / "none")], env)
     assert json.loads(empty.stdout)["hf_cache"]["repos"] == []
+
+
+def test_a_warm_repo_pull_imports_no_network_stack(
+    hub: HubServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    from test_cli_startup import HEAVY, imports, loaded
+
+    assert run(["pull", REPO], env).returncode == 0
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("MODELFETCH", "HF_"))}
+    full.update(env)
+    for args in (["pull", REPO], ["pull", REPO, "--offline"], ["status"]):
+        code, modules = imports(tmp_path, full, *args)
+        assert code == 0
+        assert loaded(modules, HEAVY) == [], args
