@@ -189,6 +189,9 @@ async def test_datasets_and_include_exclude(hub: HubServer, tmp_path: Path) -> N
     assert Path(got) == rows.snapshot
     some = await pull(settings, include=["*.json", "weights/"], exclude=["tokenizer*"])
     assert {f.path for f in some.files} == {"config.json", BIG}
+    hub.push(REPO, {"odd[1].txt": b"glob characters in a name"})
+    exact = await pull(settings, include=["odd[1].txt"])  # as the mirror asks, by name
+    assert [f.path for f in exact.files] == ["odd[1].txt"]
     with pytest.raises(NoMatchingFiles, match=r"\*.nothing"):
         await pull(settings, include=["*.nothing"])
 
@@ -375,6 +378,9 @@ async def test_local_dir_is_plain_files_huggingface_hub_trusts(
     for name in FILES:
         hf.hf_hub_download(REPO, name, revision=result.commit, local_dir=out, endpoint=hub.url)
     assert hub.request_count() == 0  # up to date by its own metadata
+    offline = replace(settings, huggingface=replace(settings.huggingface, offline=True))
+    again = await pull(offline, local_dir=out)
+    assert again.ok and again.commit == result.commit and hub.request_count() == 0
     # from the HF cache into another local dir: no transfer
     assert (await pull(settings)).ok
     hub.reset_counters()

@@ -210,6 +210,8 @@ def _plan_offline(
     cache: HFCache, local: LocalDir | None, repo: RepoRef, revision: str, options: RepoOptions
 ) -> RepoPlan:
     commit = revision if is_commit(revision) else cache.read_ref(repo, revision)
+    if commit is None and local is not None:
+        commit = _newest_local_commit(local)
     if commit is None:
         raise NotCached(
             f"{repo}: revision {revision!r} is not in the Hugging Face cache ({cache.root}), "
@@ -235,6 +237,18 @@ def _plan_offline(
     return _plan(repo, revision, commit, listing, options, False, cache)
 
 
+def _newest_local_commit(local: LocalDir) -> str | None:
+    """The commit of the newest tree listing a `--local-dir` pull left (offline, no ref)."""
+    try:
+        listings = sorted(
+            (p for p in (local.meta_dir / "trees").glob("*.json") if is_commit(p.stem)),
+            key=lambda p: p.stat().st_mtime,
+        )
+    except OSError:
+        return None
+    return listings[-1].stem if listings else None
+
+
 def _plan(
     repo: RepoRef,
     revision: str,
@@ -245,7 +259,12 @@ def _plan(
     cache: HFCache | None = None,
 ) -> RepoPlan:
     tree: dict[str, RepoFile | None] = dict(listing)
-    selected = tuple(sorted(filter_paths(list(tree), options.include, options.exclude)))
+    kept = set(filter_paths(list(tree), options.include, options.exclude))
+    # A pattern that is a file's exact name selects it, even when it has glob characters
+    # (the mirror's pull-through asks for files by name).
+    exact = [p for p in options.include if p in tree]
+    kept.update(filter_paths(exact, (), options.exclude))
+    selected = tuple(sorted(kept))
     if not selected:
         patterns = " ".join(
             [f"--include {p!r}" for p in options.include]
