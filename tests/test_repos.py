@@ -286,6 +286,24 @@ async def test_a_corrupt_blob_of_ours_is_replaced_atomically(
     assert leftovers(cache_of(settings).root) == []
 
 
+async def test_a_cut_transfer_leaves_no_link_and_resumes(hub: HubServer, tmp_path: Path) -> None:
+    settings = settings_for(hub, tmp_path, retries=1)
+    hub.inject(faults.reset(after_bytes=6000), on="cdn", times=1)
+    first = await pull(settings)
+    assert not first.ok and {f.path for f in first.files} == set(FILES) - {BIG}
+    assert first.snapshot is not None and not os.path.lexists(first.snapshot / BIG)
+    root = cache_of(settings).root
+    assert hf.scan_cache_dir(root).warnings == []  # a partial snapshot, never a broken link
+    hub.reset_counters()
+    second = await pull(settings)
+    assert second.ok
+    big = by_path(second)[BIG]
+    assert big.source == "huggingface" and 0 < big.bytes_downloaded < len(FILES[BIG])
+    assert first.snapshot == second.snapshot
+    assert (first.snapshot / BIG).read_bytes() == FILES[BIG]
+    assert leftovers(root) == []
+
+
 # -- both at once -------------------------------------------------------------------------------
 
 
