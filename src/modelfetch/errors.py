@@ -30,6 +30,10 @@ class InvalidRepoId(ConfigError):
     """A Hugging Face repo id is malformed (not `name` or `org/name` as the hub allows)."""
 
 
+class NoMatchingFiles(ConfigError):
+    """`--include`/`--exclude` keep no file of the repository."""
+
+
 # -- sources (network) ----------------------------------------------------------------
 
 
@@ -161,6 +165,10 @@ class ReadOnly(StorageError):
 
 class LockUnavailable(StorageError):
     """Cross-process file locks do not work here, or one could not be taken in time."""
+
+
+class NotCached(StorageError):
+    """Offline (`--offline`, HF_HUB_OFFLINE): a file or revision is not on disk to use."""
 
 
 # -- the whole chain ---------------------------------------------------------------------
