@@ -121,12 +121,13 @@ def test_migrates_an_older_version_keeping_rows(
 ) -> None:
     with Records(db_path) as old:
         emit(old, attempt("ipfs", "success", gateway=IPFS, latency=5))
-    assert sql(db_path, "PRAGMA user_version") == [(1,)]
-    v2 = ("ALTER TABLE attempts ADD COLUMN note TEXT", "UPDATE attempts SET note = 'migrated'")
-    monkeypatch.setattr(records_mod, "MIGRATIONS", [*MIGRATIONS, v2])
+    latest = len(MIGRATIONS)
+    assert sql(db_path, "PRAGMA user_version") == [(latest,)]
+    step = ("ALTER TABLE attempts ADD COLUMN note TEXT", "UPDATE attempts SET note = 'migrated'")
+    monkeypatch.setattr(records_mod, "MIGRATIONS", [*MIGRATIONS, step])
     with Records(db_path) as new:
         assert new.attempts()[0]["gateway"] == IPFS
-    assert sql(db_path, "PRAGMA user_version") == [(2,)]
+    assert sql(db_path, "PRAGMA user_version") == [(latest + 1,)]
     assert sql(db_path, "SELECT note FROM attempts") == [("migrated",)]
 
 
@@ -138,7 +139,7 @@ def test_a_failing_migration_changes_nothing(
     monkeypatch.setattr(records_mod, "MIGRATIONS", [*MIGRATIONS, broken])
     with pytest.raises(StorageError, match="migration"):
         Records(db_path)
-    assert sql(db_path, "PRAGMA user_version") == [(1,)]
+    assert sql(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     columns = [row[1] for row in sql(db_path, "PRAGMA table_info(attempts)")]
     assert "note" not in columns
 

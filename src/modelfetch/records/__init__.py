@@ -4,7 +4,8 @@ One SQLite file (normally `<models_dir>/.modelfetch/records.sqlite3`) holds thre
 
 - `attempts`: one row per try of one layer for one file, as reported by the engine's
   `AttemptEvent`s (cache hits and misses, every gateway try, every hub try, and a final
-  `exhausted` row when every layer failed). Source of `summary()`, `health()`, `attempts()`.
+  `exhausted` row when every layer failed). Source of `summary()`, `health()`, `attempts()`
+  and of the origin scores (`modelfetch.scores`).
 - `downloads`: one row per download of one file, kept current from `ProgressEvent`s.
 - `ipfs_cids`: CIDs known for a model, with per-CID success and failure counts.
 
@@ -257,7 +258,8 @@ class Records:
 
         Each row: `timestamp` (ISO-8601 UTC with Z), `model`, `file`, `layer`, `gateway`,
         `status`, `latency_ms` (float or None), `bytes_downloaded` (int), `error_type`,
-        `error_message`. Only what is written is seen: `flush()` first if needed.
+        `error_message`, `ttfb_ms` (time to first byte of a success, or None). Only what
+        is written is seen: `flush()` first if needed.
         """
         with reader(self.path) as conn:
             return queries.attempts(conn, since, layer, limit)
@@ -290,6 +292,17 @@ class Records:
         """
         with reader(self.path) as conn:
             return health.report(conn, self._cutoff_ms(), self.health_rules)
+
+    def recent_outcomes(
+        self, per_origin: int = queries.OUTCOMES_PER_ORIGIN
+    ) -> list[tuple[str, str, bool, int, float | None, int, float | None]]:
+        """Each network origin's newest successes and failures in the window, oldest first.
+
+        Rows `(gateway, layer, ok, ts_ms, latency_ms, bytes_downloaded, ttfb_ms)`: what
+        `modelfetch.scores.Scores.load` reads (one query).
+        """
+        with reader(self.path) as conn:
+            return queries.recent_outcomes(conn, self._cutoff_ms(), per_origin)
 
     def _cutoff_ms(self) -> int:
         """The oldest time, in Unix ms, inside the retention window."""

@@ -25,7 +25,7 @@ def attempts(
         return []
     sql = (
         "SELECT timestamp, model, file, layer, gateway, status, latency_ms,"
-        " bytes_downloaded, error_type, error_message FROM attempts"
+        " bytes_downloaded, error_type, error_message, ttfb_ms FROM attempts"
     )
     where: list[str] = []
     args: list[Any] = []
@@ -76,6 +76,7 @@ def summary(conn: sqlite3.Connection, since_ms: int, window_hours: float) -> dic
         "cache_hits": counts.get(("cache", "hit"), 0),
         "cache_misses": counts.get(("cache", "error"), 0),
         "exhausted": counts.get((None, "exhausted"), 0),
+        "skipped": sum(n for (_, status), n in counts.items() if status == "skipped"),
         "bytes_downloaded": total_bytes,
         "window_hours": window_hours,
     }
@@ -86,3 +87,40 @@ def summary(conn: sqlite3.Connection, since_ms: int, window_hours: float) -> dic
             "avg_latency": avg.get(layer, 0.0),
         }
     return out
+
+
+OUTCOMES_PER_ORIGIN = 200
+"""At most this many of each origin's newest attempts feed its score (older ones weigh
+nothing anyway: see `modelfetch.scores`)."""
+
+
+def recent_outcomes(
+    conn: sqlite3.Connection, since_ms: int, per_origin: int = OUTCOMES_PER_ORIGIN
+) -> list[tuple[str, str, bool, int, float | None, int, float | None]]:
+    """The newest successes and failures of each network origin at or after `since_ms`.
+
+    One query; rows `(gateway, layer, ok, ts_ms, latency_ms, bytes_downloaded, ttfb_ms)`,
+    oldest first (the order `Scores` replays them in).
+    """
+    placeholders = ", ".join("?" for _ in NETWORK_LAYERS)
+    rows = conn.execute(
+        "SELECT gateway, layer, status, ts_ms, latency_ms, bytes_downloaded, ttfb_ms FROM ("
+        " SELECT id, gateway, layer, status, ts_ms, latency_ms, bytes_downloaded, ttfb_ms,"
+        "  ROW_NUMBER() OVER (PARTITION BY gateway ORDER BY ts_ms DESC, id DESC) AS newer"
+        " FROM attempts WHERE ts_ms >= ? AND gateway IS NOT NULL"
+        f" AND layer IN ({placeholders}) AND status IN ('success', 'error')"
+        ") WHERE newer <= ? ORDER BY ts_ms, id",
+        (since_ms, *NETWORK_LAYERS, int(per_origin)),
+    ).fetchall()
+    return [
+        (
+            str(gw),
+            str(layer),
+            status == "success",
+            int(ts),
+            None if lat is None else float(lat),
+            int(nbytes or 0),
+            None if ttfb is None else float(ttfb),
+        )
+        for gw, layer, status, ts, lat, nbytes, ttfb in rows
+    ]
