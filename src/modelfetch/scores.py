@@ -47,7 +47,9 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypedDict, TypeVar
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar
 
 from .errors import StorageError
 from .events import AttemptEvent, Event
@@ -194,6 +196,23 @@ class Scores:
             scores.add(gateway, ok, ts_ms, latency_ms=latency_ms, nbytes=nbytes, ttfb_ms=ttfb_ms)
         return scores
 
+    @classmethod
+    def from_file(
+        cls, path: Path, *, retention: timedelta, clock: Callable[[], int] = _now_ms
+    ) -> Scores:
+        """The scores in the records file at `path`; empty when there is none yet (nothing
+        is created) or it cannot be used (logged)."""
+        if not path.is_file():
+            return cls(clock=clock)
+        from .records import Records
+
+        try:
+            with Records(path, retention=retention) as records:
+                return cls.load(records, clock=clock)
+        except StorageError as exc:
+            log.warning("origin scores unknown: %s", exc)
+            return cls(clock=clock)
+
     # -- learning -------------------------------------------------------------------------
 
     def add(
@@ -271,7 +290,7 @@ class Scores:
         return out
 
 
-def with_scores(health: dict[str, object], scores: Scores) -> dict[str, object]:
+def with_scores(health: dict[str, Any], scores: Scores) -> dict[str, Any]:
     """`Records.health()` with `score`, `ttfb_ms` and `throughput_bps` added to each gateway.
 
     Keys are only added (the report keeps its shape); a gateway without a score gets
