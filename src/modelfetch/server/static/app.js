@@ -943,7 +943,7 @@ function gatewayTable(label, what, gateways) {
     h("th", { scope: "col" }, "Status"),
     h("th", { scope: "col", class: "num" }, "Success"),
     h("th", { scope: "col", class: "num" }, "p95"),
-    h("th", { scope: "col", class: "num" }, "Attempts"),
+    h("th", { scope: "col", class: "num", title: "Attempts in the window" }, "Tries"),
     h("th", { scope: "col", class: "num", title: "0-100: how soon it is asked, best first" }, "Score"),
   );
   const score = (g) => (Number.isFinite(g.score) ? g.score : -1);
