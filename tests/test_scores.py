@@ -154,6 +154,25 @@ def test_scores_loaded_from_the_records_are_the_ones_learnt_live(tmp_path: Path)
     assert {"status", "success_rate", "ttfb_ms", "throughput_bps"} <= set(gw)
 
 
+def test_each_origin_feeds_its_newest_outcomes_only(tmp_path: Path) -> None:
+    with Records(tmp_path / "records.sqlite3") as records:
+        now = datetime.now(UTC)
+        for i in range(5):
+            at = now - timedelta(minutes=10 - i)
+            records.listener(AttemptEvent("m", f"a{i}", "ipfs", "success", gateway=A, timestamp=at))
+        for i in range(2):
+            at = now - timedelta(minutes=20 - i)
+            records.listener(AttemptEvent("m", f"b{i}", "huggingface", "error", gateway=B,
+                                          timestamp=at))  # fmt: skip
+        records.listener(AttemptEvent("m", "c", "ipfs", "skipped", gateway=C, timestamp=now))
+        records.listener(AttemptEvent("m", "c", "cache", "hit", timestamp=now))
+        assert records.flush(10)
+        rows = records.recent_outcomes(per_origin=3)
+    assert [(r[0], r[2]) for r in rows] == [(B, False)] * 2 + [(A, True)] * 3
+    assert [r[3] for r in rows] == sorted(r[3] for r in rows)  # oldest first
+    assert [r[3] for r in rows[2:]] == [dt_to_ms(now - timedelta(minutes=m)) for m in (8, 7, 6)]
+
+
 def test_no_records_file_gives_empty_scores_and_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "none" / "records.sqlite3"
     assert Scores.from_file(path, retention=timedelta(hours=24)).snapshot() == {}

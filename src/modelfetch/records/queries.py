@@ -102,14 +102,23 @@ def recent_outcomes(
     One query; rows `(gateway, layer, ok, ts_ms, latency_ms, bytes_downloaded, ttfb_ms)`,
     oldest first (the order `Scores` replays them in).
     """
-    placeholders = ", ".join("?" for _ in NETWORK_LAYERS)
+    layers = ", ".join("?" for _ in NETWORK_LAYERS)
+    # The origins by skipping through the (gateway, ts_ms) index, then each one's newest
+    # rows through it: the cost follows the number of origins, not the size of the table.
+    # Over 100,000 rows of 6 gateways (`Scores.load`, median of 5): 568 ms with a window
+    # function, 55 ms with SELECT DISTINCT (it reads every index entry), 15 ms this way.
     rows = conn.execute(
-        "SELECT gateway, layer, status, ts_ms, latency_ms, bytes_downloaded, ttfb_ms FROM ("
-        " SELECT id, gateway, layer, status, ts_ms, latency_ms, bytes_downloaded, ttfb_ms,"
-        "  ROW_NUMBER() OVER (PARTITION BY gateway ORDER BY ts_ms DESC, id DESC) AS newer"
-        " FROM attempts WHERE ts_ms >= ? AND gateway IS NOT NULL"
-        f" AND layer IN ({placeholders}) AND status IN ('success', 'error')"
-        ") WHERE newer <= ? ORDER BY ts_ms, id",
+        "WITH RECURSIVE o(gateway) AS ("
+        " SELECT MIN(gateway) FROM attempts"
+        " UNION ALL"
+        " SELECT (SELECT MIN(gateway) FROM attempts WHERE gateway > o.gateway) FROM o"
+        " WHERE o.gateway IS NOT NULL)"
+        " SELECT a.gateway, a.layer, a.status, a.ts_ms, a.latency_ms, a.bytes_downloaded,"
+        " a.ttfb_ms FROM o JOIN attempts AS a ON o.gateway IS NOT NULL AND a.id IN ("
+        "  SELECT id FROM attempts WHERE gateway = o.gateway AND ts_ms >= ?"
+        f"  AND layer IN ({layers}) AND status IN ('success', 'error')"
+        "  ORDER BY ts_ms DESC, id DESC LIMIT ?"
+        ") ORDER BY a.ts_ms, a.id",
         (since_ms, *NETWORK_LAYERS, int(per_origin)),
     ).fetchall()
     return [
