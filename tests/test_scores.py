@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,18 @@ async def test_what_a_run_learns_counts_for_its_next_files(world: World) -> None
     tried_gw1 = [i for i, gw in enumerate(order) if gw == gw1.url]
     assert tried_gw1 and max(tried_gw1) < order.index(gw2.url)
     assert order.count(gw2.url) == len(world.files)
+
+
+async def test_origins_skipped_are_recorded_with_why_but_not_scored(world: World) -> None:
+    refusing = faults.unused_url()
+    ipfs = replace(world.settings.ipfs, gateways=(refusing, *(g.url for g in world.gateways)))
+    settings = world.with_settings(ipfs=ipfs, concurrency=1, order=("cache", "ipfs"))
+    async with Fetcher(settings) as fetcher:
+        result = await fetcher.pull_model(world.spec.name)
+        assert result.ok, result.errors
+        snap = fetcher.scores.snapshot()
+    with Records(settings.records_path) as records:
+        rows = [r for r in records.attempts() if r["gateway"] == refusing]
+    assert sorted(r["status"] for r in rows) == ["error"] + ["skipped"] * (len(world.files) - 1)
+    assert all(r["error_message"].startswith("down: ") for r in rows if r["status"] == "skipped")
+    assert snap[refusing]["attempts"] == 1  # the one refused connection, not the skips

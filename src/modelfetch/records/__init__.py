@@ -31,8 +31,12 @@ What the engine must emit
   `HashMismatch`, ...) when a present file was rejected (moved to `.bak`). Every cache row
   with status `error` counts as a miss: `cache.hit_rate = 100 * hits / (hits + misses)`.
 - One `AttemptEvent(layer="ipfs"|"huggingface", status="success"|"error", gateway=<base
-  URL actually used>, latency_ms=<duration of the try>)` per try; a skipped layer (no CID,
-  no hub source) emits nothing.
+  URL actually used>, latency_ms=<duration of the try>, ttfb_ms=<time to first byte>)`
+  per try.
+- `AttemptEvent(layer, status="skipped", gateway=<origin or None>, error_message=<why>)`
+  for a layer or origin not asked (no CID, no hub source, bytes that cannot be checked, an
+  origin found down or distrusted earlier in the run). Health and scores leave these out;
+  `summary()` counts them in `skipped`.
 - `AttemptEvent(layer=None, status="exhausted")` when every layer failed for a file; it
   also closes that file's failed `downloads` row (a later `attempting` starts a new row).
 
@@ -277,8 +281,9 @@ class Records:
         """Counts over the retention window, in the original `/summary` shape.
 
         `{"total", "cache_hits", "ipfs": {"success", "error", "avg_latency"},
-        "huggingface": {...}}` plus `cache_misses`, `exhausted`, `bytes_downloaded` and
-        `window_hours`. `avg_latency` is the mean latency (ms) of successes, 0 when none.
+        "huggingface": {...}}` plus `cache_misses`, `exhausted`, `skipped` (layers and
+        origins not asked; not in `total`), `bytes_downloaded` and `window_hours`.
+        `avg_latency` is the mean latency (ms) of successes, 0 when none.
         """
         with reader(self.path) as conn:
             return queries.summary(conn, self._cutoff_ms(), self.retention / timedelta(hours=1))

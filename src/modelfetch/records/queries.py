@@ -72,7 +72,7 @@ def summary(conn: sqlite3.Connection, since_ms: int, window_hours: float) -> dic
         if status == "success" and mean is not None:
             avg[layer] = round(float(mean), 1)
     out: dict[str, Any] = {
-        "total": sum(counts.values()),
+        "total": sum(n for (_, status), n in counts.items() if status != "skipped"),
         "cache_hits": counts.get(("cache", "hit"), 0),
         "cache_misses": counts.get(("cache", "error"), 0),
         "exhausted": counts.get((None, "exhausted"), 0),

@@ -1090,7 +1090,7 @@ function renderAttempts(rows) {
             "td",
             { class: "error-cell" },
             r.error_type
-              ? h("span", { class: isCacheMiss(r) ? "error-type miss" : "error-type" }, r.error_type)
+              ? h("span", { class: isCacheMiss(r) || r.status === "skipped" ? "error-type miss" : "error-type" }, r.error_type)
               : "",
             r.error_message ? ` ${r.error_message}` : "",
           ),
