@@ -230,10 +230,21 @@ def group_failures(errors: Sequence[ModelfetchError]) -> list[FailureGroup]:
         groups.setdefault(key, []).append(exc)
     return [
         FailureGroup(
-            tuple(e.path if isinstance(e, AllSourcesFailed) else "" for e in same), same[0]
+            tuple(e.path if isinstance(e, AllSourcesFailed) else "" for e in same),
+            min(same, key=_skips_for_earlier_files),
         )
         for same in groups.values()
     ]
+
+
+def _skips_for_earlier_files(exc: ModelfetchError) -> int:
+    """How many of a failure's attempts only repeat what an earlier file found: the group
+    is told through the file that found it (its real error), whichever file ran first."""
+    if not isinstance(exc, AllSourcesFailed):
+        return 0
+    return sum(
+        1 for a in exc.attempts if same_failure(a) != (a.layer, a.origin, a.error_type, a.message)
+    )
 
 
 DOWN_EARLIER = " (earlier in this run)"
