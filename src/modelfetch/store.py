@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -116,18 +117,30 @@ class Store:
         return FileLock(str(lock_dir / f"{self._key(model, path)}.lock"), thread_local=False)
 
     async def acquire(self, lock: FileLock, timeout: float) -> None:
-        """Take `lock` without blocking the event loop."""
-        try:
-            await asyncio.to_thread(lock.acquire, timeout=timeout, poll_interval=0.05)
-        except Timeout:
-            raise LockUnavailable(
-                f"another process has held {lock.lock_file} for over {timeout:.0f} s"
-            ) from None
-        except OSError as exc:
-            raise LockUnavailable(
-                f"file locks do not work in {self.state_dir} ({exc.strerror}); refusing to "
-                "download without one (a network filesystem?): use a local --dir"
-            ) from None
+        """Take `lock` without blocking the event loop or holding a worker thread.
+
+        Non-blocking tries on the loop, with waits between them: a wait never occupies one
+        of the few threads of the default pool, so many waiters (the mirror's pull-through
+        runs one pull per request) cannot starve the transfer that holds the lock.
+        """
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            try:
+                lock.acquire(timeout=0)  # one non-blocking flock
+                return
+            except Timeout:
+                if time.monotonic() >= deadline:
+                    raise LockUnavailable(
+                        f"another process has held {lock.lock_file} for over {timeout:.0f} s"
+                    ) from None
+            except OSError as exc:
+                raise LockUnavailable(
+                    f"file locks do not work in {Path(lock.lock_file).parent} ({exc.strerror}); "
+                    "refusing to download without one (a network filesystem?): use a local dir"
+                ) from None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     # -- cache ---------------------------------------------------------------------------
 
