@@ -28,7 +28,7 @@ from .upstream import Upstream
 
 MIRROR = web.AppKey("modelfetch_mirror", Mirror)
 ROUTES = (
-    "/api/models/{tail:.+}",
+    "/api/models/{tail:.+}",  # the info, revision and tree routes
     "/api/datasets/{tail:.+}",
     "/datasets/{tail:.+}",
     "/{org}/{name}/resolve/{tail:.+}",

@@ -46,7 +46,7 @@ def parse(raw_path: str) -> MirrorRequest | None:
     Raises HubAnswer(400) for a mirror URL with an unusable repo id, revision or path.
     """
     segs = [unquote(s) for s in raw_path.split("/")[1:]]
-    if len(segs) >= 4 and segs[0] == "api" and segs[1] in _TYPES:
+    if len(segs) >= 3 and segs[0] == "api" and segs[1] in _TYPES:
         repo_type, rest = _TYPES[segs[1]], segs[2:]
         for width in (2, 1):
             if len(rest) > width + 1 and rest[width] in ("revision", "tree"):
@@ -56,6 +56,8 @@ def parse(raw_path: str) -> MirrorRequest | None:
                     return None
                 path = "/".join(args[1:]).strip("/")
                 return _build(route, "/".join(rest[:width]), repo_type, args[0], path)
+        if len(rest) in (1, 2) and all(rest):  # the repo info: its default branch
+            return _build("revision", "/".join(rest), repo_type, "main", "")
         return None
     repo_type = "model"
     if segs and segs[0] == "datasets":
