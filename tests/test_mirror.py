@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from conftest import fast_settings, tiny_onnx_model
@@ -102,21 +101,13 @@ async def download(endpoint: str, cache: Path, filename: str, **kw: Any) -> Path
 
 async def snapshot(endpoint: str, cache: Path, **kw: Any) -> Path:
     path = await asyncio.to_thread(
-        hf.snapshot_download, repo_id=kw.pop("repo_id", REPO), cache_dir=cache, endpoint=endpoint, **kw
+        hf.snapshot_download,
+        repo_id=kw.pop("repo_id", REPO),
+        cache_dir=cache,
+        endpoint=endpoint,
+        **kw,
     )
     return Path(path)
-
-
-def file_gets(hub: HubServer, path: str, data: bytes) -> int:
-    """How many times the upstream sent this file's bytes (resolve GETs of small files, CDN
-    GETs of LFS ones)."""
-    sha = hashlib.sha256(data).hexdigest()
-    return sum(
-        1
-        for m, p in hub.requests
-        if m == "GET" and (p.endswith(f"/resolve/main/{path}") or p == f"/cdn/{sha}")
-        and not (p.endswith("/resolve/main/" + path) and len(data) >= hub.lfs_threshold)
-    )
 
 
 # -- held repos: huggingface_hub's own cache on the mirror ---------------------------------------
@@ -223,7 +214,9 @@ async def test_pull_through_fills_two_machines_upstream_sees_each_file_once(
     assert (Path(offline) / "model.safetensors").read_bytes() == WEIGHTS
 
 
-async def test_a_dataset_through_the_mirror(mirror: Running, hub: HubServer, tmp_path: Path) -> None:
+async def test_a_dataset_through_the_mirror(
+    mirror: Running, hub: HubServer, tmp_path: Path
+) -> None:
     path = await download(
         mirror.url, tmp_path / "c", "data/train/rows.csv", repo_id="org/corpus", repo_type="dataset"
     )
@@ -231,9 +224,7 @@ async def test_a_dataset_through_the_mirror(mirror: Running, hub: HubServer, tmp
     assert "datasets--org--corpus" in path.parts
 
 
-async def test_twenty_clients_one_upstream_transfer(
-    mirror: Running, hub: HubServer
-) -> None:
+async def test_twenty_clients_one_upstream_transfer(mirror: Running, hub: HubServer) -> None:
     url = f"{mirror.url}/{REPO}/resolve/main/model.safetensors"
     hub.limit(total=2_000_000)  # slow enough that all twenty ask while it is arriving
 
@@ -275,8 +266,8 @@ async def test_upstream_down_5xx_with_reason_and_held_files_still_served(
     hub.refuse()
     client = tmp_path / "client-hf"
     assert (await download(mirror.url, client, "config.json")).read_bytes() == CONFIG
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{mirror.url}/{REPO}/resolve/main/model.safetensors") as resp:
-            assert resp.status in (502, 504)
-            assert "upstream" in resp.headers["X-Error-Message"]
-            assert "error" in await resp.json()
+    url = f"{mirror.url}/{REPO}/resolve/main/model.safetensors"
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        assert resp.status in (502, 504)
+        assert "upstream" in resp.headers["X-Error-Message"]
+        assert "error" in await resp.json()
