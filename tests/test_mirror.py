@@ -3,129 +3,46 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from conftest import fast_settings, tiny_onnx_model
-from modelfetch.config import Settings
-from modelfetch.server import create_app
-from modelfetch.server.mirror import MIRROR, Mirror
+from conftest_mirror import (
+    CONFIG,
+    FILES,
+    REPO,
+    ROWS,
+    WEIGHTS,
+    Running,
+    download,
+    snapshot,
+)
 from modelfetch.testing import HubServer, faults, git_blob_sha1
 
 hf = pytest.importorskip("huggingface_hub")
 from huggingface_hub import errors as hf_errors  # noqa: E402
 
-REPO = "org/bert"
-CONFIG = b'{"model_type": "bert"}\n'
-WEIGHTS = hashlib.sha256(b"w").digest() * 40_000  # 1.28 MB: LFS by size
-ONNX = tiny_onnx_model(seed=3)  # small, LFS because of the name
-FILES = {"config.json": CONFIG, "model.safetensors": WEIGHTS, "onnx/model.onnx": ONNX}
-ROWS = b"text,label\nhello,1\n"
-
-
-@pytest.fixture(autouse=True)
-def _hf_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No telemetry, no token, no proxy: every request goes where the test says."""
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    for name in ("ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-def hub() -> Iterator[HubServer]:
-    with HubServer() as server:
-        for path, data in FILES.items():
-            server.add_file(REPO, path, data)
-        server.add_file("org/corpus", "data/train/rows.csv", ROWS, repo_type="dataset")
-        yield server
-
-
-@dataclass
-class Running:
-    url: str
-    mirror: Mirror
-    settings: Settings
-    cache: Path  # the mirror's HF cache
-
-
-def mirror_settings(tmp_path: Path, hub: HubServer, name: str = "mirror") -> Settings:
-    settings = fast_settings(tmp_path / name / "models", hub.url, [])
-    hf_settings = replace(settings.huggingface, cache_dir=tmp_path / name / "hf")
-    return replace(settings, huggingface=hf_settings)
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    settings: Settings, *, token: str | None = None, open_reads: bool = False, hold: float = 8.0
-) -> AsyncIterator[Running]:
-    app = create_app(settings, token=token, mirror=True, open_reads=open_reads)
-    app[MIRROR].hold = hold
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    try:
-        url = f"http://127.0.0.1:{server.port}"
-        yield Running(url, app[MIRROR], settings, settings.huggingface.cache_dir)
-    finally:
-        await server.close()
-
-
-@pytest.fixture
-async def mirror(tmp_path: Path, hub: HubServer) -> AsyncIterator[Running]:
-    async with serving(mirror_settings(tmp_path, hub)) as running:
-        yield running
-
-
-async def download(endpoint: str, cache: Path, filename: str, **kw: Any) -> Path:
-    path = await asyncio.to_thread(
-        hf.hf_hub_download,
-        repo_id=kw.pop("repo_id", REPO),
-        filename=filename,
-        cache_dir=cache,
-        endpoint=endpoint,
-        **kw,
-    )
-    return Path(path)
-
-
-async def snapshot(endpoint: str, cache: Path, **kw: Any) -> Path:
-    path = await asyncio.to_thread(
-        hf.snapshot_download,
-        repo_id=kw.pop("repo_id", REPO),
-        cache_dir=cache,
-        endpoint=endpoint,
-        **kw,
-    )
-    return Path(path)
+pytest_plugins = ["conftest_mirror"]  # upstream, mirror (tests/conftest_mirror.py)
 
 
 # -- held repos: huggingface_hub's own cache on the mirror ---------------------------------------
 
 
 async def test_snapshot_of_a_held_repo_costs_upstream_nothing(
-    mirror: Running, hub: HubServer, tmp_path: Path
+    mirror: Running, upstream: HubServer, tmp_path: Path
 ) -> None:
-    await snapshot(hub.url, mirror.cache)  # the mirror machine got it with huggingface_hub
-    hub.reset_counters()
+    await snapshot(upstream.url, mirror.cache)  # the mirror machine got it with huggingface_hub
+    upstream.reset_counters()
     client = tmp_path / "client-hf"
     snap = await snapshot(mirror.url, client)
-    assert hub.requests == []  # not one request upstream: refs, listing, blobs all held
-    commit = hub.commit(REPO)
+    assert upstream.requests == []  # not one request upstream: refs, listing, blobs all held
+    commit = upstream.commit(REPO)
     assert snap == client / "models--org--bert" / "snapshots" / commit
     for path, data in FILES.items():
         assert (snap / path).read_bytes() == data
-    # the client's blobs have the names the hub gives them (SHA-256 for LFS, git SHA-1 else)
+    # the client's blobs have the names the upstream gives them (SHA-256 for LFS, git SHA-1 else)
     assert (snap / "config.json").resolve().name == git_blob_sha1(CONFIG)
     assert (snap / "model.safetensors").resolve().name == hashlib.sha256(WEIGHTS).hexdigest()
     assert (client / "models--org--bert" / "refs" / "main").read_text() == commit
@@ -136,10 +53,10 @@ async def test_snapshot_of_a_held_repo_costs_upstream_nothing(
     assert Path(again) == snap
 
 
-async def test_file_metadata_matches_the_hub(mirror: Running, hub: HubServer) -> None:
-    await snapshot(hub.url, mirror.cache)
+async def test_file_metadata_matches_the_hub(mirror: Running, upstream: HubServer) -> None:
+    await snapshot(upstream.url, mirror.cache)
     for path in FILES:
-        theirs = hf.get_hf_file_metadata(hf.hf_hub_url(REPO, path, endpoint=hub.url))
+        theirs = hf.get_hf_file_metadata(hf.hf_hub_url(REPO, path, endpoint=upstream.url))
         ours = await asyncio.to_thread(
             hf.get_hf_file_metadata, hf.hf_hub_url(REPO, path, endpoint=mirror.url)
         )
@@ -150,8 +67,8 @@ async def test_file_metadata_matches_the_hub(mirror: Running, hub: HubServer) ->
         )
 
 
-async def test_range_206_and_416(mirror: Running, hub: HubServer) -> None:
-    await snapshot(hub.url, mirror.cache)
+async def test_range_206_and_416(mirror: Running, upstream: HubServer) -> None:
+    await snapshot(upstream.url, mirror.cache)
     url = f"{mirror.url}/{REPO}/resolve/main/model.safetensors"
     async with aiohttp.ClientSession() as http:
         async with http.get(url, headers={"Range": "bytes=100-199"}) as resp:
@@ -169,18 +86,18 @@ async def test_range_206_and_416(mirror: Running, hub: HubServer) -> None:
             assert resp.headers["Content-Length"] == str(len(WEIGHTS))
             assert resp.headers["X-Linked-Size"] == str(len(WEIGHTS))
             assert resp.headers["X-Linked-Etag"] == f'"{hashlib.sha256(WEIGHTS).hexdigest()}"'
-            assert resp.headers["X-Repo-Commit"] == hub.commit(REPO)
+            assert resp.headers["X-Repo-Commit"] == upstream.commit(REPO)
 
 
-# -- errors, typed as the hub types them ------------------------------------------------------
+# -- errors, typed as the upstream types them ------------------------------------------------------
 
 
 @pytest.mark.parametrize("held", [True, False], ids=["held", "upstream"])
 async def test_errors_are_typed_as_the_hubs(
-    mirror: Running, hub: HubServer, tmp_path: Path, held: bool
+    mirror: Running, upstream: HubServer, tmp_path: Path, held: bool
 ) -> None:
     if held:
-        await snapshot(hub.url, mirror.cache)
+        await snapshot(upstream.url, mirror.cache)
     client = tmp_path / "client-hf"
     with pytest.raises(hf_errors.RepositoryNotFoundError):
         await download(mirror.url, client, "config.json", repo_id="org/nothing")
@@ -199,14 +116,14 @@ async def test_errors_are_typed_as_the_hubs(
 
 
 async def test_pull_through_fills_two_machines_upstream_sees_each_file_once(
-    mirror: Running, hub: HubServer, tmp_path: Path
+    mirror: Running, upstream: HubServer, tmp_path: Path
 ) -> None:
     for machine in ("a", "b"):
         snap = await snapshot(mirror.url, tmp_path / machine)
         for path, data in FILES.items():
             assert (snap / path).read_bytes() == data
     for path, data in FILES.items():
-        assert hub.bytes_sent(hashlib.sha256(data).hexdigest()) == len(data), path
+        assert upstream.bytes_sent(hashlib.sha256(data).hexdigest()) == len(data), path
     # the mirror's own HF cache now holds it, as huggingface_hub would have written it
     offline = await asyncio.to_thread(
         hf.snapshot_download, repo_id=REPO, cache_dir=mirror.cache, local_files_only=True
@@ -215,7 +132,7 @@ async def test_pull_through_fills_two_machines_upstream_sees_each_file_once(
 
 
 async def test_a_dataset_through_the_mirror(
-    mirror: Running, hub: HubServer, tmp_path: Path
+    mirror: Running, upstream: HubServer, tmp_path: Path
 ) -> None:
     path = await download(
         mirror.url, tmp_path / "c", "data/train/rows.csv", repo_id="org/corpus", repo_type="dataset"
@@ -224,9 +141,9 @@ async def test_a_dataset_through_the_mirror(
     assert "datasets--org--corpus" in path.parts
 
 
-async def test_twenty_clients_one_upstream_transfer(mirror: Running, hub: HubServer) -> None:
+async def test_twenty_clients_one_upstream_transfer(mirror: Running, upstream: HubServer) -> None:
     url = f"{mirror.url}/{REPO}/resolve/main/model.safetensors"
-    hub.limit(total=2_000_000)  # slow enough that all twenty ask while it is arriving
+    upstream.limit(total=2_000_000)  # slow enough that all twenty ask while it is arriving
 
     async def one(http: aiohttp.ClientSession) -> bytes:
         async with http.get(url) as resp:
@@ -237,15 +154,15 @@ async def test_twenty_clients_one_upstream_transfer(mirror: Running, hub: HubSer
         bodies = await asyncio.gather(*(one(http) for _ in range(20)))
     assert all(b == WEIGHTS for b in bodies)
     sha = hashlib.sha256(WEIGHTS).hexdigest()
-    assert hub.request_count(f"/cdn/{sha}", "GET") == 1
-    assert hub.bytes_sent(sha) == len(WEIGHTS)
+    assert upstream.request_count(f"/cdn/{sha}", "GET") == 1
+    assert upstream.bytes_sent(sha) == len(WEIGHTS)
     assert mirror.mirror.pulls.started == 1
 
 
 async def test_corrupt_upstream_never_reaches_a_client(
-    mirror: Running, hub: HubServer, tmp_path: Path
+    mirror: Running, upstream: HubServer, tmp_path: Path
 ) -> None:
-    hub.inject(faults.wrong_bytes(at=1000), path="model.safetensors")
+    upstream.inject(faults.wrong_bytes(at=1000), path="model.safetensors")
     client = tmp_path / "client-hf"
     with pytest.raises(hf_errors.HfHubHTTPError) as caught:
         await download(mirror.url, client, "model.safetensors")
@@ -255,15 +172,15 @@ async def test_corrupt_upstream_never_reaches_a_client(
     assert not (mirror.cache / "models--org--bert" / "blobs" / sha).exists()
     assert not list((client / "models--org--bert" / "blobs").glob(sha))
     # the upstream heals: the next ask pulls again and serves the right bytes
-    hub.clear_faults()
+    upstream.clear_faults()
     assert (await download(mirror.url, client, "model.safetensors")).read_bytes() == WEIGHTS
 
 
 async def test_upstream_down_5xx_with_reason_and_held_files_still_served(
-    mirror: Running, hub: HubServer, tmp_path: Path
+    mirror: Running, upstream: HubServer, tmp_path: Path
 ) -> None:
-    await download(hub.url, mirror.cache, "config.json")  # the mirror holds one file
-    hub.refuse()
+    await download(upstream.url, mirror.cache, "config.json")  # the mirror holds one file
+    upstream.refuse()
     client = tmp_path / "client-hf"
     assert (await download(mirror.url, client, "config.json")).read_bytes() == CONFIG
     url = f"{mirror.url}/{REPO}/resolve/main/model.safetensors"

@@ -19,7 +19,7 @@ from ...hubtypes import RepoFile, RepoRef
 from ...store import Store
 from ..auth import CONFIG, has_token
 from .answers import HubAnswer, gated
-from .holdings import Holdings
+from .holdings import Copy, Holdings
 from .pullthrough import Pulled, PullThrough, pull_file
 from .routes import MirrorRequest, answer, parse
 from .service import Mirror
@@ -73,8 +73,11 @@ def add_mirror(
     async def pull(repo: RepoRef, commit: str, f: RepoFile) -> Pulled:
         return await pull_file(app[DOWNLOADS].fetcher, cache, holdings, repo, commit, f)
 
-    pulls = PullThrough(pull)
-    stats = MirrorStats(app[METRICS].registry, lambda: pulls.in_flight)
+    async def check(repo: RepoRef, f: RepoFile) -> Copy | None:
+        return await mirror.copy(repo, f)
+
+    pulls = PullThrough(pull, check)
+    stats = MirrorStats(app[METRICS].registry, pulls)
     mirror = Mirror(holdings, upstream, pulls, stats)
     if hold is not None:
         mirror.hold = hold

@@ -21,7 +21,7 @@ from ...errors import AllSourcesFailed, ModelfetchError, StorageError
 from ...hfcache import HFCache
 from ...hubtypes import RepoFile, RepoRef
 from .flight import SingleFlight
-from .holdings import Holdings, Signature, signature_of
+from .holdings import Copy, Holdings, Signature, signature_of
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class Pulled:
     blob: Path
     signature: Signature  # the blob's (size, mtime, inode) right after it was installed
     bytes_downloaded: int
+    held: Copy | None = None  # no transfer: a verified copy was found first
 
 
 async def pull_file(
@@ -70,13 +71,19 @@ async def pull_file(
 
 
 PullFn = Callable[[RepoRef, str, RepoFile], Awaitable[Pulled]]
+CheckFn = Callable[[RepoRef, RepoFile], Awaitable[Copy | None]]
 
 
 class PullThrough:
-    """Single-flight pulls of missing files; counts transfers started and in flight."""
+    """Single-flight pulls of missing files; counts transfers started and in flight.
 
-    def __init__(self, pull: PullFn) -> None:
+    Each flight first looks for a verified copy again (`check`): a caller that found none
+    just before another flight ended joins nothing and must not start a second transfer.
+    """
+
+    def __init__(self, pull: PullFn, check: CheckFn) -> None:
         self._pull = pull
+        self._check = check
         self._flights: SingleFlight[Pulled] = SingleFlight()
         self.started = 0
         self.failed = 0
@@ -91,6 +98,9 @@ class PullThrough:
         return self._flights.task((repo, commit, f.path), lambda: self._one(repo, commit, f))
 
     async def _one(self, repo: RepoRef, commit: str, f: RepoFile) -> Pulled:
+        held = await self._check(repo, f)
+        if held is not None:
+            return Pulled(held.path, held.signature, 0, held)
         self.started += 1
         try:
             pulled = await self._pull(repo, commit, f)

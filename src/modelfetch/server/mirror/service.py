@@ -149,6 +149,8 @@ class Mirror:
             ) from None
         except ModelfetchError as exc:
             raise upstream_failed(describe_failure(exc), timeout=isinstance(exc, Stalled)) from None
+        if pulled.held is not None:
+            return pulled.held, True
         copy = await asyncio.to_thread(self.holdings.trust, pulled.blob, f, pulled.signature)
         if copy is None:
             copy = await self.copy(repo, f)  # installed by another tool meanwhile: hash it

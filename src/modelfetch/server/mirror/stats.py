@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class PullFigures(Protocol):
+    """What the figures read of the pull-through."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    started: int
+    failed: int
+
 
 CLIENT_WINDOW = 600.0  # s: a client counts while it asked something within this window
 
@@ -17,8 +28,8 @@ class MirrorStats:
     from upstream. `clients` counts distinct client addresses of the last ten minutes.
     """
 
-    def __init__(self, registry: CollectorRegistry, in_flight: Any) -> None:
-        self._in_flight = in_flight  # () -> int
+    def __init__(self, registry: CollectorRegistry, pulls: PullFigures) -> None:
+        self._pulls = pulls
         self.requests = Counter(
             "modelfetch_mirror_requests",
             "Requests to the mirror's Hugging Face API, by route and outcome.",
@@ -30,17 +41,21 @@ class MirrorStats:
             "File bytes the mirror sent to clients.",
             registry=registry,
         )
-        self.pulls = Counter(
+        Gauge(
             "modelfetch_mirror_pulls",
-            "Pull-through transfers from upstream, by outcome.",
-            ["outcome"],
+            "Pull-through transfers from upstream started since the server started.",
             registry=registry,
-        )
+        ).set_function(lambda: float(self._pulls.started))
+        Gauge(
+            "modelfetch_mirror_pulls_failed",
+            "Pull-through transfers that failed (nothing of them was served).",
+            registry=registry,
+        ).set_function(lambda: float(self._pulls.failed))
         Gauge(
             "modelfetch_mirror_pulls_in_flight",
             "Pull-through transfers from upstream running now.",
             registry=registry,
-        ).set_function(lambda: float(self._in_flight()))
+        ).set_function(lambda: float(self._pulls.in_flight))
         Gauge(
             "modelfetch_mirror_hit_ratio",
             "File answers served from what the mirror held, over all file answers.",
@@ -90,6 +105,8 @@ class MirrorStats:
             "hits": self.hits,
             "misses": self.misses,
             "hit_ratio": round(self.hit_ratio, 4),
-            "pulls_in_flight": int(self._in_flight()),
+            "pulls_in_flight": self._pulls.in_flight,
+            "pulls": self._pulls.started,
+            "pulls_failed": self._pulls.failed,
             "clients": self.clients(),
         }
