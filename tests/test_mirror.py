@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conftest_mirror import (
+from mirror_support import (
     CONFIG,
     FILES,
     REPO,

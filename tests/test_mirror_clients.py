@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import fast_settings
-from conftest_mirror import (
+from mirror_support import (
     FILES,
     REPO,
     WEIGHTS,
@@ -26,6 +26,7 @@ from conftest_mirror import (
 )
 from modelfetch.catalog import HuggingFaceRef, ModelSpec
 from modelfetch.cli import main
+from modelfetch.config import Settings
 from modelfetch.engine import Fetcher
 from modelfetch.errors import ConfigError
 from modelfetch.events import AttemptEvent, Event
@@ -42,7 +43,9 @@ pytest_plugins = ["conftest_mirror"]  # upstream, mirror (tests/conftest_mirror.
 SPEC = ModelSpec(name="bert", dir="org/bert", files=tuple(FILES), huggingface=HuggingFaceRef(REPO))
 
 
-def machine(tmp_path: Path, upstream: HubServer, name: str, mirrors: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+def machine(
+    tmp_path: Path, upstream: HubServer, name: str, mirrors: tuple[str, ...] = ()
+) -> Settings:
     settings = fast_settings(tmp_path / name / "models", upstream.url, [])
     hf_settings = replace(settings.huggingface, mirrors=mirrors, cache_dir=tmp_path / name / "hf")
     return replace(settings, huggingface=hf_settings, models={**settings.models, "bert": SPEC})

@@ -125,7 +125,7 @@ async def tree(request: web.Request, mirror: Mirror, m: MirrorRequest) -> web.St
     if start + len(page) < len(entries):
         query = [(k, v) for k, v in request.query.items() if k != "cursor"]
         query.append(("cursor", base64.urlsafe_b64encode(str(start + len(page)).encode()).decode()))
-        link = request.url.with_query(None).human_repr().split("?")[0]
+        link = str(request.url.with_query(None))  # absolute, by the Host the client used
         headers["Link"] = f'<{link}?{urlencode(query)}>; rel="next"'
     mirror.stats.request("tree", "ok", request.remote)
     return web.json_response(page, headers=headers)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from ...errors import ModelfetchError, Stalled
+from ...errors import ModelfetchError, Stalled, StorageError
 from ...hubtypes import RepoFile, RepoRef, is_commit
 from .answers import HubAnswer, entry_not_found, upstream_failed
 from .flight import SingleFlight
@@ -147,6 +147,8 @@ class Mirror:
                 None,
                 {"Retry-After": str(RETRY_AFTER)},
             ) from None
+        except StorageError as exc:
+            raise HubAnswer(503, f"the mirror could not keep {f.path}: {exc}") from None
         except ModelfetchError as exc:
             raise upstream_failed(describe_failure(exc), timeout=isinstance(exc, Stalled)) from None
         if pulled.held is not None:
