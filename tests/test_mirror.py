@@ -188,3 +188,25 @@ async def test_upstream_down_5xx_with_reason_and_held_files_still_served(
         assert resp.status in (502, 504)
         assert "upstream" in resp.headers["X-Error-Message"]
         assert "error" in await resp.json()
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["held", "upstream"])
+async def test_api_answers_match_the_hubs(mirror: Running, upstream: HubServer, held: bool) -> None:
+    if held:
+        await snapshot(upstream.url, mirror.cache)
+    commit = upstream.commit(REPO)
+    async with aiohttp.ClientSession() as http:
+
+        async def both(path: str) -> tuple[object, object]:
+            async with http.get(upstream.url + path) as theirs, http.get(mirror.url + path) as ours:
+                assert ours.status == theirs.status == 200
+                return await theirs.json(), await ours.json()
+
+        theirs, ours = await both(f"/api/models/{REPO}/tree/{commit}?recursive=true")
+        assert ours == theirs
+        theirs, ours = await both(f"/api/models/{REPO}/tree/main/onnx")
+        assert ours == theirs
+        theirs, ours = await both(f"/api/models/{REPO}/revision/main?blobs=true")
+        assert isinstance(theirs, dict) and isinstance(ours, dict)
+        assert ours["sha"] == theirs["sha"] == commit
+        assert ours["siblings"] == theirs["siblings"]

@@ -18,7 +18,7 @@ from ...hfcache import HFCache
 from ...hubtypes import RepoFile, RepoRef
 from ...store import Store
 from ..auth import CONFIG, has_token
-from .answers import HubAnswer, gated
+from .answers import HubAnswer, gated, not_shown
 from .holdings import Copy, Holdings
 from .pullthrough import Pulled, PullThrough, pull_file
 from .routes import MirrorRequest, answer, parse
@@ -120,9 +120,13 @@ def add_mirror(
 
 
 async def _check_access(request: web.Request, mirror: Mirror, m: MirrorRequest) -> None:
-    """Restricted repos (gated or private upstream, or not known to be public) are served
-    only to a client with the server's token (or, with no token set, from this machine)."""
+    """Repos not known to be public upstream (gated, private, or unknown while upstream is
+    down) are served only to a client with the server's token (or, with no token set, to a
+    client on this machine)."""
     if has_token(request):
         return
-    if await mirror.upstream.access(m.repo, m.revision) != "public":
+    access = await mirror.upstream.access(m.repo, m.revision)
+    if access == "gated":
         raise gated(str(m.repo), token_given=request.headers.get("Authorization") is not None)
+    if access != "public":
+        raise not_shown(str(m.repo))

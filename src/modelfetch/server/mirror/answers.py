@@ -68,9 +68,19 @@ def entry_not_found(path: str, commit: str | None) -> HubAnswer:
 def gated(repo: str, *, token_given: bool) -> HubAnswer:
     return HubAnswer(
         403 if token_given else 401,
-        f"Access to {repo} is restricted on this mirror: it is gated or private upstream, "
-        "and only clients sending the mirror's own token (Authorization: Bearer) get it.",
+        f"Access to {repo} is restricted on this mirror: it is gated upstream, and only "
+        "clients sending the mirror's own token (Authorization: Bearer) get it.",
         "GatedRepo",
+    )
+
+
+def not_shown(repo: str) -> HubAnswer:
+    """A repo the mirror may not show this client: as the hub answers for a private one."""
+    return HubAnswer(
+        401,
+        f"Repository not found: {repo} (or it is private, or the mirror cannot tell that it "
+        "is public: send the mirror's own token as Authorization: Bearer)",
+        "RepoNotFound",
     )
 
 

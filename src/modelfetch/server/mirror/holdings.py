@@ -54,10 +54,15 @@ class Copy:
         return (st.st_size, st.st_mtime_ns, st.st_ino) == self.signature
 
 
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The LFS pointer file git stores for an LFS file."""
+    spec = "version https://git-lfs.github.com/spec/v1"
+    return f"{spec}\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
 def lfs_pointer_oid(sha256: str, size: int) -> str:
     """The git oid of an LFS pointer file (what the tree's `oid` is for an LFS file)."""
-    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
-    data = pointer.encode()
+    data = lfs_pointer(sha256, size)
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
@@ -120,17 +125,6 @@ class Holdings:
             else:
                 files[rel] = RepoFile(rel, size, etag)
         return RepoView(repo, commit, files, complete=False) if files else None
-
-    def knows(self, repo: RepoRef) -> bool:
-        """Whether the HF cache has the repo or a catalog model comes from it."""
-        return self.cache.repo_dir(repo).is_dir() or any(True for _ in self._catalog_models(repo))
-
-    def record(self, view: RepoView, revision: str) -> None:
-        """Keep what upstream said in the HF cache, as huggingface_hub would: the commit's
-        tree listing and `refs/<revision>`. Then the mirror answers without upstream."""
-        if view.complete:
-            self.cache.write_tree(view.repo, view.commit, view.files.values())
-        self.cache.write_ref(view.repo, revision, view.commit)
 
     # -- bytes --------------------------------------------------------------------------------
 

@@ -21,8 +21,8 @@ from aiohttp import web
 from ...catalog import check_relpath
 from ...errors import ModelfetchError
 from ...hubtypes import RepoFile, RepoRef, RepoType
-from .answers import HubAnswer, entry_not_found, file_headers, repo_not_found, send_file
-from .holdings import RepoView
+from .answers import HubAnswer, entry_not_found, file_headers, send_file
+from .holdings import RepoView, lfs_pointer
 from .service import Mirror
 
 TREE_PAGE = 1000  # entries per tree page, as the hub pages a listing without `expand`
@@ -156,7 +156,8 @@ def revision_body(view: RepoView, *, blobs: bool) -> dict[str, Any]:
         if blobs:
             sibling.update(size=f.size, blobId=f.blob_id)
             if f.lfs_sha256 is not None:
-                sibling["lfs"] = {"sha256": f.lfs_sha256, "size": f.size, "pointerSize": 134}
+                size = _pointer_size(f)
+                sibling["lfs"] = {"sha256": f.lfs_sha256, "size": f.size, "pointerSize": size}
         siblings.append(sibling)
     body: dict[str, Any] = {
         "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
@@ -200,8 +201,12 @@ def tree_entries(view: RepoView, path: str, recursive: bool) -> list[dict[str, A
 def _file_entry(f: RepoFile) -> dict[str, Any]:
     item: dict[str, Any] = {"type": "file", "oid": f.blob_id, "size": f.size, "path": f.path}
     if f.lfs_sha256 is not None:
-        item["lfs"] = {"oid": f.lfs_sha256, "size": f.size, "pointerSize": 134}
+        item["lfs"] = {"oid": f.lfs_sha256, "size": f.size, "pointerSize": _pointer_size(f)}
     return item
+
+
+def _pointer_size(f: RepoFile) -> int:
+    return len(lfs_pointer(f.lfs_sha256 or "", f.size))
 
 
 def _cursor(value: str | None) -> int:
@@ -213,4 +218,4 @@ def _cursor(value: str | None) -> int:
         raise HubAnswer(400, f"invalid cursor {value!r}") from None
 
 
-__all__ = ["MirrorRequest", "answer", "parse", "repo_not_found"]
+__all__ = ["MirrorRequest", "answer", "parse"]

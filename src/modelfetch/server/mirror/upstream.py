@@ -38,7 +38,7 @@ from .flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
-Access = Literal["public", "restricted"]
+Access = Literal["public", "gated", "private"]
 REVISION_TTL = 60.0  # s a branch's commit from upstream is trusted before asking again
 MAX_TREES = 256  # commits' trees kept in memory (a commit's tree never changes)
 
@@ -76,7 +76,8 @@ class Upstream:
         info = await self._flights.run(("rev", key), lambda: self._revision(repo, revision))
         assert isinstance(info, RevisionInfo)
         self._revisions[key] = (time.monotonic(), info)
-        await self._remember_access(repo, "restricted" if info.gated or info.private else "public")
+        access: Access = "private" if info.private else "gated" if info.gated else "public"
+        await self._remember_access(repo, access)
         return info
 
     async def tree(self, repo: RepoRef, commit: str) -> list[RepoFile]:
@@ -93,18 +94,21 @@ class Upstream:
         return files
 
     async def access(self, repo: RepoRef, revision: str) -> Access:
-        """Whether upstream serves `repo` to anyone ("public") or not ("restricted").
+        """Whether upstream serves `repo` to anyone ("public"), or not ("gated", "private").
 
         Asked of upstream (the revision info says `gated` and `private`), remembered on
-        disk for when upstream is down. Unknown and not askable: "restricted" (fail closed).
+        disk for when upstream is down. A repo upstream does not show the mirror, or one
+        unknown while upstream cannot be asked, is "private" (fail closed).
         """
         try:
             await self.revision(repo, revision)
         except HubAnswer as answer:
-            if answer.code in ("RepoNotFound", "GatedRepo"):
-                return "restricted"
+            if answer.code == "RepoNotFound":
+                return "private"
+            if answer.code == "GatedRepo":
+                return "gated"
         known = await self._known_access()
-        return known.get(_access_key(repo), "restricted")
+        return known.get(_access_key(repo), "private")
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -159,7 +163,7 @@ def _read_access(path: Path) -> dict[str, Access]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: v for k, v in data.items() if v in ("public", "restricted")}
+    return {k: v for k, v in data.items() if v in ("public", "gated", "private")}
 
 
 def _write_access(path: Path, data: dict[str, Access]) -> None:
