@@ -90,7 +90,10 @@ async def test_origin_dies_mid_range(big_world: World, checked: Check) -> None: 
     checked(f"records: {len(cut)} cut ranges on gateway 1, none kept as success")
     size = len(big_world.files[BIG])
     sent = sum(o.bytes_sent(BIG) for o in (big_world.hub, *big_world.gateways))
-    assert sent <= 1.3 * size
+    # Beyond the file itself, origins send what was in flight when a range was cut or
+    # stolen (socket buffers, up to a few MiB on loopback, more when the box is busy);
+    # restarting cut ranges instead of resuming them would send far more.
+    assert sent <= 1.5 * size
     checked(f"origins sent {sent / size:.2f}x the file in all (cut ranges resumed)")
     assert_verified(big_world, checked)
 
