@@ -210,3 +210,17 @@ async def test_api_answers_match_the_hubs(mirror: Running, upstream: HubServer, 
         assert isinstance(theirs, dict) and isinstance(ours, dict)
         assert ours["sha"] == theirs["sha"] == commit
         assert ours["siblings"] == theirs["siblings"]
+
+
+async def test_a_corrupt_blob_in_the_mirrors_cache_is_never_served(
+    mirror: Running, upstream: HubServer, tmp_path: Path
+) -> None:
+    await snapshot(upstream.url, mirror.cache)
+    sha = hashlib.sha256(WEIGHTS).hexdigest()
+    blob = mirror.cache / "models--org--bert" / "blobs" / sha
+    blob.write_bytes(WEIGHTS[:-1] + b"?")  # same size, one byte off: huggingface_hub can't tell
+    upstream.reset_counters()
+    got = await download(mirror.url, tmp_path / "client", "model.safetensors")
+    assert got.read_bytes() == WEIGHTS  # pulled through, not the bad blob
+    assert upstream.bytes_sent(sha) == len(WEIGHTS)
+    assert blob.read_bytes() == WEIGHTS  # replaced atomically by the verified copy

@@ -15,12 +15,13 @@ from aiohttp import web
 
 from ...config import Settings
 from ...hfcache import HFCache
+from ...hfdest import Stamps
 from ...hubtypes import RepoFile, RepoRef
 from ...store import Store
 from ..auth import CONFIG, has_token
 from .answers import HubAnswer, gated, not_shown
 from .holdings import Copy, Holdings
-from .pullthrough import Pulled, PullThrough, pull_file
+from .pullthrough import PullThrough, pull_file
 from .routes import MirrorRequest, answer, parse
 from .service import Mirror
 from .stats import MirrorStats
@@ -67,11 +68,11 @@ def add_mirror(
 
     cache = HFCache(settings.huggingface.cache_dir)
     store = Store(settings.models_dir)
-    holdings = Holdings(cache, store, list(settings.models.values()))
+    holdings = Holdings(cache, store, list(settings.models.values()), Stamps(store.root))
     upstream = Upstream(settings.huggingface, store.state_dir)
 
-    async def pull(repo: RepoRef, commit: str, f: RepoFile) -> Pulled:
-        return await pull_file(app[DOWNLOADS].fetcher, cache, holdings, repo, commit, f)
+    async def pull(repo: RepoRef, commit: str, f: RepoFile) -> int:
+        return await pull_file(app[DOWNLOADS].fetcher, repo, commit, f)
 
     async def check(repo: RepoRef, f: RepoFile) -> Copy | None:
         return await mirror.copy(repo, f)

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from ...catalog import ModelSpec
 from ...errors import ModelfetchError
-from ...hashes import Digests, feed_file
+from ...hashes import Digests, Verified, feed_file
 from ...hfcache import HFCache
+from ...hfdest import Stamps
 from ...hubtypes import RepoFile, RepoRef, is_commit
 from ...store import Store
 
@@ -78,6 +79,7 @@ class Holdings:
     cache: HFCache
     store: Store
     models: Iterable[ModelSpec]
+    stamps: Stamps
     _verified: dict[tuple[str, Signature], bool] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -132,7 +134,8 @@ class Holdings:
         """A verified local copy of `f`: the HF cache blob, else a catalog model's file."""
         blob = self.cache.find_blob(repo, f.etag)
         if blob is not None:
-            found = self._checked(blob, f, "hf-cache")
+            key = Stamps.blob_key(self.cache, repo.folder_name, f.etag)
+            found = self._checked(blob, f, "hf-cache", key)
             if found is not None:
                 return found
         for model, name in self._catalog_files(repo, f.path):
@@ -143,24 +146,11 @@ class Holdings:
                     return found
         return None
 
-    def trust(self, path: Path, f: RepoFile, signature: Signature) -> Copy | None:
-        """A copy the engine verified as it streamed (no second read), if `path` is still
-        the file of `signature` (taken under the blob's lock right after installing it)."""
-        try:
-            if signature_of(path) != signature or signature[0] != f.size:
-                return None
-        except OSError:
-            return None
-        with self._lock:
-            self._verified[(f"{path}\0{f.etag}", signature)] = True
-        return Copy(path, f.size, signature, "hf-cache")
-
-    def blob_is_wrong(self, repo: RepoRef, f: RepoFile) -> bool:
-        """True if the HF cache holds a blob named `f.etag` whose bytes are not `f`."""
-        blob = self.cache.find_blob(repo, f.etag)
-        return blob is not None and self._checked(blob, f, "hf-cache") is None
-
-    def _checked(self, path: Path, f: RepoFile, where: str) -> Copy | None:
+    def _checked(
+        self, path: Path, f: RepoFile, where: str, stamp_key: str | None = None
+    ) -> Copy | None:
+        """A Copy if `path` holds `f`: known from this run, a verified stamp (the engine's,
+        of the same file: size, mtime, inode), else hashed now (and stamped)."""
         try:
             sig = signature_of(path)
         except OSError:
@@ -168,8 +158,13 @@ class Holdings:
         key = (f"{path}\0{f.etag}", sig)
         with self._lock:
             known = self._verified.get(key)
+        if known is None and stamp_key is not None:
+            known = self.stamps.matches(stamp_key, path, f.identity()) is not None or None
         if known is None:
-            known = sig[0] == f.size and _hash_matches(path, f)
+            verified = _hash_matches(path, f) if sig[0] == f.size else None
+            known = verified is not None
+            if verified is not None and stamp_key is not None:
+                self.stamps.write(stamp_key, path, verified, f.etag)
             try:
                 known = known and signature_of(path) == sig  # not rewritten while hashed
             except OSError:
@@ -196,12 +191,12 @@ class Holdings:
                 yield model, name
 
 
-def _hash_matches(path: Path, f: RepoFile) -> bool:
-    """The bytes on disk are `f` (SHA-256 of an LFS file, git-blob SHA-1 otherwise)."""
+def _hash_matches(path: Path, f: RepoFile) -> Verified | None:
+    """The facts of `path` if its bytes are `f` (SHA-256 of an LFS file, git-blob SHA-1
+    otherwise): the hub's identity only (a mirror serves what the hub serves)."""
     digests = Digests(f.identity(), name=str(path))
     try:
         feed_file(path, digests.update)
-        digests.verify()
+        return digests.verify()
     except (OSError, ModelfetchError):
-        return False
-    return True
+        return None

@@ -1,76 +1,56 @@
 """Pull-through: a file the mirror lacks is fetched upstream once, however many ask for it.
 
-One transfer per (repo, commit, path) at a time, through the engine (the configured
-endpoint and mirrors, hedged, every byte checked against the tree's identity), installed
-into the mirror's Hugging Face cache as huggingface_hub would (blob, snapshot link, under
-huggingface_hub's own blob lock). Clients are served from the installed, verified blob only:
-nothing is streamed while it arrives, so a byte that fails verification can never reach one.
+One transfer per (repo, commit, path) at a time, through the engine's repo pull (the
+configured endpoint and mirrors, hedged, every byte checked against the tree's identity)
+into the mirror's Hugging Face cache, exactly as huggingface_hub lays it out (blob, snapshot
+link, under huggingface_hub's own blob lock, with a verified stamp in the models dir).
+Clients are served from the installed, verified blob only: nothing is streamed while it
+arrives, so a byte that fails verification can never reach one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from ...catalog import HuggingFaceRef, ModelSpec
 from ...engine import Fetcher
 from ...errors import AllSourcesFailed, ModelfetchError, StorageError
-from ...hfcache import HFCache
 from ...hubtypes import RepoFile, RepoRef
+from ...repos import RepoOptions, pull_repo
 from .flight import SingleFlight
-from .holdings import Copy, Holdings, Signature, signature_of
+from .holdings import Copy
 
 log = logging.getLogger(__name__)
-
-STAGING = ".modelfetch/mirror/incoming"
 
 
 @dataclass(frozen=True)
 class Pulled:
-    """A file the pull-through installed: its blob in the HF cache."""
+    """A file the pull-through got: a verified copy, and how many bytes came from upstream
+    (0 when a copy was found first)."""
 
-    blob: Path
-    signature: Signature  # the blob's (size, mtime, inode) right after it was installed
+    copy: Copy | None
     bytes_downloaded: int
-    held: Copy | None = None  # no transfer: a verified copy was found first
 
 
-async def pull_file(
-    fetcher: Fetcher, cache: HFCache, holdings: Holdings, repo: RepoRef, commit: str, f: RepoFile
-) -> Pulled:
-    """Fetch one file of `commit` upstream through the engine into the HF cache.
+async def pull_file(fetcher: Fetcher, repo: RepoRef, commit: str, f: RepoFile) -> int:
+    """Fetch one file of `commit` upstream into the HF cache; the bytes downloaded.
 
-    The engine writes the verified file to a staging dir of the models dir; it is then
-    moved into `blobs/<etag>` (replacing only a blob proven wrong) and linked from
-    `snapshots/<commit>/<path>`, holding huggingface_hub's lock for that blob.
+    `modelfetch.apull`'s repo pull, on the server's own engine (its events feed /metrics
+    and the dashboard): pinned to the commit (no revision request), one file selected
+    (its name escaped, so it is no glob), its identity from the tree listing the mirror
+    already keeps in the HF cache. Raises the engine's error when no origin delivered.
     """
-    spec = ModelSpec(
-        name=f"mirror:{repo.repo_type}:{repo.repo_id}@{commit}",
-        dir=f"{STAGING}/{repo.folder_name}/{commit}",
-        files=(f.path,),
-        huggingface=HuggingFaceRef(repo.repo_id, commit, repo.repo_type),
-    )
-    result = await fetcher.fetch_file(spec, f.path, identity=f.identity())
-
-    def install() -> Pulled:
-        blob = cache.blob_path(repo, f.etag)
-        with cache.lock(repo, f.etag):
-            ours = True
-            if holdings.blob_is_wrong(repo, f):
-                cache.replace_blob(repo, f.etag, result.local_path, move=True)
-            else:  # False: another tool installed it meanwhile; it is hashed before use
-                ours = cache.install_blob(repo, f.etag, result.local_path, move=True)
-            cache.link(repo, commit, f.path, f.etag)
-            signature = signature_of(blob) if ours else (-1, 0, 0)
-            return Pulled(blob, signature, result.bytes_downloaded)
-
-    return await asyncio.to_thread(install)
+    options = RepoOptions(revision=commit, repo_type=repo.repo_type, include=(glob.escape(f.path),))
+    result = await pull_repo(fetcher, repo, options)
+    if result.errors:
+        raise result.errors[0]
+    return sum(x.bytes_downloaded for x in result.files)
 
 
-PullFn = Callable[[RepoRef, str, RepoFile], Awaitable[Pulled]]
+PullFn = Callable[[RepoRef, str, RepoFile], Awaitable[int]]
 CheckFn = Callable[[RepoRef, RepoFile], Awaitable[Copy | None]]
 
 
@@ -100,18 +80,18 @@ class PullThrough:
     async def _one(self, repo: RepoRef, commit: str, f: RepoFile) -> Pulled:
         held = await self._check(repo, f)
         if held is not None:
-            return Pulled(held.path, held.signature, 0, held)
+            return Pulled(held, 0)
         self.started += 1
         try:
-            pulled = await self._pull(repo, commit, f)
+            downloaded = await self._pull(repo, commit, f)
         except (ModelfetchError, OSError) as exc:
             self.failed += 1
             log.warning("pull-through of %s@%s %s failed: %s", repo, commit[:8], f.path, exc)
             if isinstance(exc, OSError):
                 raise StorageError(f"{f.path}: {exc}") from None
             raise
-        self.bytes_downloaded += pulled.bytes_downloaded
-        return pulled
+        self.bytes_downloaded += downloaded
+        return Pulled(await self._check(repo, f), downloaded)
 
     async def close(self) -> None:
         await self._flights.cancel_all()

@@ -151,11 +151,6 @@ class Mirror:
             raise HubAnswer(503, f"the mirror could not keep {f.path}: {exc}") from None
         except ModelfetchError as exc:
             raise upstream_failed(describe_failure(exc), timeout=isinstance(exc, Stalled)) from None
-        if pulled.held is not None:
-            return pulled.held, True
-        copy = await asyncio.to_thread(self.holdings.trust, pulled.blob, f, pulled.signature)
-        if copy is None:
-            copy = await self.copy(repo, f)  # installed by another tool meanwhile: hash it
-        if copy is None:
+        if pulled.copy is None:
             raise HubAnswer(503, f"{f.path}: the mirror's fresh copy changed: retry")
-        return copy, False
+        return pulled.copy, pulled.bytes_downloaded == 0
