@@ -37,17 +37,7 @@ ROUTES = (
 )
 _READ_METHODS = ("GET", "HEAD")
 
-__all__ = ["MIRROR", "Mirror", "add_mirror", "is_mirror_read"]
-
-
-def is_mirror_read(request: web.Request) -> bool:
-    """Whether `request` is one of the mirror's read routes (what `--open-reads` opens)."""
-    if request.method not in _READ_METHODS:
-        return False
-    try:
-        return parse(request.rel_url.raw_path) is not None
-    except HubAnswer:
-        return True  # a malformed mirror URL: the mirror answers it (400)
+__all__ = ["MIRROR", "Mirror", "add_mirror"]
 
 
 def add_mirror(
@@ -85,12 +75,6 @@ def add_mirror(
     if ref_ttl is not None:
         mirror.ref_ttl = ref_ttl
     app[MIRROR] = mirror
-    config = app[CONFIG]
-    app[CONFIG] = dataclasses.replace(
-        config,
-        open_reads=open_reads,
-        open_read_checks=(*config.open_read_checks, is_mirror_read),
-    )
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         try:
@@ -113,6 +97,17 @@ def add_mirror(
         yield
         await mirror.close()
 
+    def is_mirror_read(request: web.Request) -> bool:
+        """What `--open-reads` opens: a GET or HEAD routed to the mirror's read API (the
+        route is resolved before the middlewares run, so no other handler can be reached)."""
+        return request.method in _READ_METHODS and request.match_info.handler is dispatch
+
+    config = app[CONFIG]
+    app[CONFIG] = dataclasses.replace(
+        config,
+        open_reads=open_reads,
+        open_read_checks=(*config.open_read_checks, is_mirror_read),
+    )
     app.router.add_get("/gm/api/mirror", figures)
     for pattern in ROUTES:  # GET and HEAD; the raw path is parsed again by `parse`
         app.router.add_get(pattern, dispatch)
