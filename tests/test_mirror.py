@@ -224,3 +224,33 @@ async def test_a_corrupt_blob_in_the_mirrors_cache_is_never_served(
     assert got.read_bytes() == WEIGHTS  # pulled through, not the bad blob
     assert upstream.bytes_sent(sha) == len(WEIGHTS)
     assert blob.read_bytes() == WEIGHTS  # replaced atomically by the verified copy
+
+
+async def test_hf_download_with_hf_endpoint_set(
+    mirror: Running, upstream: HubServer, tmp_path: Path
+) -> None:
+    """The command line as people run it: `HF_ENDPOINT=<mirror> hf download REPO`."""
+    import os
+    import sys
+
+    hf_cli = Path(sys.executable).with_name("hf")
+    if not hf_cli.exists():
+        pytest.skip("the hf command is not installed beside this Python")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=mirror.url, HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "h"))
+    proc = await asyncio.create_subprocess_exec(
+        str(hf_cli),
+        "download",
+        REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    last = out.decode().strip().splitlines()[-1].strip()
+    snap = Path(last.removeprefix("path:").strip())  # hf 2.x prints "path: <dir>" last
+    assert snap.is_relative_to(tmp_path / "h" / "hub")
+    assert {p: (snap / p).read_bytes() for p in FILES} == FILES
+    for path, data in FILES.items():
+        assert upstream.bytes_sent(hashlib.sha256(data).hexdigest()) == len(data), path
