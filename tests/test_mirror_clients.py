@@ -104,6 +104,24 @@ async def test_a_catalog_model_is_served_from_the_models_dir(
     assert upstream.requests_in("resolve") == [] and upstream.requests_in("cdn") == []  # API only
 
 
+async def test_a_catalog_dataset_with_a_subdir(upstream: HubServer, tmp_path: Path) -> None:
+    voice = hashlib.sha256(b"voice").digest() * 1000
+    upstream.add_file("org/corpus", "tts/voice.bin", voice, repo_type="dataset")
+    ref = HuggingFaceRef("org/corpus", type="dataset", subdir="tts")
+    spec = ModelSpec(name="voices", dir="voices", files=("voice.bin",), huggingface=ref)
+    settings = replace(mirror_settings(tmp_path, upstream), models={"voices": spec})
+    async with Fetcher(settings, records=False) as fetcher:
+        (pulled,) = await fetcher.pull(["voices"])
+    assert pulled.ok and (settings.models_dir / "voices" / "voice.bin").is_file()
+    upstream.reset_counters()
+    async with serving(settings) as running:
+        got = await download(
+            running.url, tmp_path / "c", "tts/voice.bin", repo_id="org/corpus", repo_type="dataset"
+        )
+    assert got.read_bytes() == voice
+    assert upstream.requests_in("resolve") == [] and upstream.requests_in("cdn") == []
+
+
 async def test_a_tampered_catalog_file_is_not_served(upstream: HubServer, tmp_path: Path) -> None:
     settings = replace(mirror_settings(tmp_path, upstream), models={"bert": SPEC})
     async with Fetcher(settings, records=False) as fetcher:
