@@ -399,6 +399,12 @@ def test_failing_gateway_shows_as_failing_and_retry_succeeds(
             expect(file_row(page, path).locator(".source")).to_have_text(f"ipfs{host(gw1)}")
         expect(failing.locator(".badge")).to_have_text(re.compile("^(down|degraded)$"))
         expect(page.locator(f'#health tr[data-gateway="{gw1.url}"]')).to_be_visible()
+        # Each gateway's score, best first: gw1 delivered after failing, gw2 only failed.
+        ipfs_rows = page.locator('#health section[data-layer="ipfs"] tbody tr')
+        expect(ipfs_rows.first).to_have_attribute("data-gateway", gw1.url)
+        expect(ipfs_rows.first.locator(".score")).to_have_text(re.compile(r"^\d+\.\d$"))
+        expect(failing.locator(".score")).to_have_text(re.compile(r"^\d+\.\d$"))
+        assert_fits_the_screen(page)
         screenshot(page, "retried")
 
 

@@ -43,8 +43,20 @@ class FileLog:
         self._emit(event)
 
     def skipped(self, layer: Layer, origin: str | None, reason: str) -> None:
-        """A layer or origin that was not asked, and why (only in the failure report)."""
+        """A layer or origin that was not asked, and why: in the failure report, and a
+        `skipped` attempt event (recorded; scores and health leave it out)."""
         self.attempts.append(Attempt(layer, origin, "Skipped", reason))
+        self._emit(
+            AttemptEvent(
+                self.model.name,
+                self.path,
+                layer,
+                "skipped",
+                gateway=origin,
+                error_type="Skipped",
+                error_message=reason,
+            )
+        )
 
     def failed(
         self,

@@ -40,6 +40,7 @@ from .hashes import Digests, Identity
 from .httpclient import Client
 from .records import Records
 from .results import FileResult, ModelResult
+from .scores import Scores
 from .sources.base import FileRequest, Origin, Source
 from .store import Store, stream_checks
 from .transfer import NoOrigin, PartialFile, RunState, WrongBytes, fetch, limit_malloc_arenas
@@ -74,6 +75,8 @@ class Fetcher:
         self.records = open_records(self.settings) if records is True else records or None
         if self.records is not None:
             self._listeners.append(self.records.listener)
+        self.scores = Scores.load(self.records)  # what earlier runs learnt of each origin
+        self._listeners.append(self.scores.listener)  # and what this one learns
         self._given_sources = sources
         self._built_sources: dict[str, Source] | None = None
         self._client: Client | None = None
@@ -371,7 +374,7 @@ class Fetcher:
                 file_log.skipped(layer, None, source.why_none(request))
                 continue
             usable = []
-            for origin in run.rank(origins):
+            for origin in run.rank(self.scores.rank(origins, key=_base_url)):
                 reason = run.skip_reason(origin.base_url)
                 if reason is None:
                     usable.append(origin)
@@ -478,6 +481,10 @@ def open_records(settings: Settings) -> Records | None:
     except StorageError as exc:
         log.warning("download records are off: %s", exc)
         return None
+
+
+def _base_url(origin: Origin) -> str:
+    return origin.base_url
 
 
 async def _tick_every_second(file_log: FileLog) -> None:

@@ -141,6 +141,10 @@ async def test_refusing_first_gateway(big_world: World, checked: Check) -> None:
     result = await pull(big_world, ipfs=ipfs, transfer=MANY, concurrency=1)
     assert result.ok, result.errors
     rows = [r for r in records_of(big_world) if r["gateway"] == refusing]
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    rows = [r for r in rows if r["status"] != "skipped"]
     assert len(rows) == 1 and (rows[0]["latency_ms"] or 0) < 250
     checked(f"one refused request ({rows[0]['latency_ms']:.0f} ms), not retried")
+    assert skipped and all((r["error_message"] or "").startswith("down: ") for r in skipped)
+    checked(f"records: skipped as down for {len(skipped)} later file(s)")
     assert_verified(big_world, checked)

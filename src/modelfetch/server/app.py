@@ -24,6 +24,7 @@ from .._net import is_loopback_host
 from ..config import Settings
 from ..errors import ConfigError, ModelfetchError, UnknownModel
 from ..records import Records
+from ..scores import Scores, with_scores
 from .auth import CONFIG, ApiError, Handler, ServerConfig, check_bind, guard_middleware
 from .broadcast import Broadcaster
 from .downloads import Downloads
@@ -196,7 +197,11 @@ async def metrics_summary(request: web.Request) -> web.StreamResponse:
 async def metrics_health(request: web.Request) -> web.StreamResponse:
     records = _records(request)
     await _fresh(records)
-    return web.json_response(await asyncio.to_thread(records.health))
+
+    def health() -> dict[str, Any]:  # with each gateway's score, ttfb_ms, throughput_bps
+        return with_scores(records.health(), Scores.load(records))
+
+    return web.json_response(await asyncio.to_thread(health))
 
 
 async def metrics_reset(request: web.Request) -> web.StreamResponse:
