@@ -24,12 +24,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import huggingface_hub as hf  # noqa: E402
-from aiohttp import web  # noqa: E402
+import huggingface_hub as hf
+from aiohttp import web
 
-from modelfetch.config import HuggingFaceSettings, load_settings  # noqa: E402
-from modelfetch.server import create_app  # noqa: E402
-from modelfetch.testing import HubServer  # noqa: E402
+from modelfetch.config import HuggingFaceSettings, load_settings
+from modelfetch.server import create_app
+from modelfetch.testing import HubServer
 
 REPO = "bench/big"
 
