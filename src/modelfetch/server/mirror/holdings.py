@@ -162,15 +162,15 @@ class Holdings:
             known = self.stamps.matches(stamp_key, path, f.identity()) is not None or None
         if known is None:
             verified = _hash_matches(path, f) if sig[0] == f.size else None
-            known = verified is not None
-            if verified is not None and stamp_key is not None:
-                self.stamps.write(stamp_key, path, verified, f.etag)
             try:
-                known = known and signature_of(path) == sig  # not rewritten while hashed
+                unchanged = signature_of(path) == sig  # not rewritten while it was hashed
             except OSError:
-                known = False
-            with self._lock:
-                self._verified[key] = known
+                unchanged = False
+            known = verified is not None and unchanged
+            if verified is not None and unchanged and stamp_key is not None:
+                self.stamps.write(stamp_key, path, verified, f.etag)
+        with self._lock:
+            self._verified[key] = known
         return Copy(path, f.size, sig, where) if known else None
 
     def _catalog_models(self, repo: RepoRef) -> Iterable[ModelSpec]:

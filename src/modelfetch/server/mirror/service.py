@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...errors import ModelfetchError, Stalled, StorageError
@@ -96,10 +97,10 @@ class Mirror:
             raise entry_not_found(path, view.commit)
         return view, found
 
-    async def _keep(self, write: object) -> None:
+    async def _keep(self, write: Callable[[], object]) -> None:
         """Write what upstream said into the HF cache; a failure only costs a later request."""
         try:
-            await asyncio.to_thread(write)  # type: ignore[arg-type]
+            await asyncio.to_thread(write)
         except (ModelfetchError, OSError) as exc:
             log.warning("could not keep upstream metadata in the HF cache: %s", exc)
 
