@@ -53,7 +53,7 @@ def cid_command(
     models_dir: Path | None,
 ) -> None:
     """Print the CID of FILE or DIR exactly as `ipfs add --only-hash` computes it."""
-    from ..ipfs.importer import cid_of_path
+    from ..ipfs.directory import cid_of_path
 
     if not target.exists():
         raise ConfigError(f"{target} does not exist")

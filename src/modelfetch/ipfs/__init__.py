@@ -21,24 +21,26 @@ from modelfetch.ipfs.dagfile import (
     read_file,
     stat,
 )
+from modelfetch.ipfs.directory import (
+    DirectoryBuilder,
+    cid_of_path,
+    directory_cid,
+    directory_node,
+    file_nodes,
+    tree_node,
+)
 from modelfetch.ipfs.importer import (
     CIDV1_DEFAULTS,
     PROFILES,
     UNIXFS_V0_2015,
     UNIXFS_V1_2025,
     DagNode,
-    DirectoryBuilder,
     Profile,
     UnixFSFileBuilder,
-    cid_of_path,
-    directory_cid,
-    directory_node,
     file_cid,
     file_node,
-    file_nodes,
     get_profile,
     symlink_node,
-    tree_node,
 )
 
 __all__ = [

@@ -34,7 +34,8 @@ from ..inventory import inspect_model
 from ..records import Records
 from ..store import Store
 from .cid import Cid
-from .importer import DagNode, Profile, directory_node, get_profile, tree_node
+from .directory import directory_node, tree_node
+from .importer import DagNode, Profile, get_profile
 
 log = logging.getLogger(__name__)
 
