@@ -512,6 +512,8 @@ class Fetcher:
         final = await asyncio.to_thread(
             self.store.install, model, path, partial.data, partial.control, delivered.verified
         )
+        if identity.dag is not None:  # the DAG that verified it: its blocks can be served
+            await asyncio.to_thread(self.store.save_block_index, model, path, identity.dag)
         on_disk = delivered.on_disk
         used = sorted(delivered.tallies.values(), key=lambda t: -on_disk.get(t.origin.base_url, 0))
         for tally in used:

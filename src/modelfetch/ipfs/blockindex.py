@@ -439,8 +439,9 @@ class LeafCheck:
     def _close(self, leaf: Leaf, h: hashlib._Hash) -> None:
         if not _leaf_ok(self.index, leaf, h):
             raise HashMismatch(
-                f"{self.name}: bytes {leaf.offset:,}-{leaf.end:,} do not hash to their block "
-                f"{leaf.cid} of the DAG of {self.index.root}; the bytes were discarded"
+                f"{self.name}: bytes {leaf.offset:,}-{leaf.end:,} do not hash to the CID of "
+                f"their block {leaf.cid} in the DAG of {self.index.root}; the bytes were "
+                "discarded"
             )
 
     def update(self, data: bytes | memoryview) -> None:

@@ -5,7 +5,8 @@ file's CID is resolved from the model's directory CID block by block, and the by
 from a CAR (`?format=car&dag-scope=entity&entity-bytes=<offset>:*`) whose every block is
 re-hashed against its CID before it is written. Other gateways are path gateways
 (`<gateway>/ipfs/<cid>/<path>`): their bytes prove nothing and are checked against the
-file's identity (SHA-256, or the recomputed CID) like any other source's.
+file's identity like any other source's: its SHA-256, or, for a file known only by its CID,
+the leaves of the DAG a trustless gateway gave (never a CID recomputed with assumed chunking).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..errors import HTTPStatus, SourceError
 from ..events import Layer
 from ..hashes import Identity
 from ..httpclient import Client
+from ..ipfs.blockindex import fetch_index
 from ..ipfs.cid import Cid
 from ..ipfs.dagfile import DagReader, iter_car_stream_file
 from .base import ByteStream, FileRequest, Proof
@@ -111,7 +113,12 @@ class GatewayOrigin:
         return self.settings.pause
 
     async def identity(self, client: Client) -> Identity | None:
-        """The file's CID and size, read from verified blocks (trustless gateways only)."""
+        """The file's CID, size and DAG (its block index: every internal node fetched and
+        checked against its CID), from a trustless gateway; None from a path gateway.
+
+        The DAG is what checks the file's bytes from any origin, leaf by leaf, whatever
+        chunker made the CID.
+        """
         if await self.source.mode(client, self.base_url) != "trustless":
             return None  # a path gateway's word proves nothing
         cid = await self.source.resolve(client, self.base_url, self.root, self.path)
@@ -119,8 +126,8 @@ class GatewayOrigin:
         async def get(c: Cid) -> bytes:
             return await self.source.block(client, self.base_url, c)
 
-        entry = await DagReader(get).stat(cid)
-        return Identity(size=entry.size, cid=str(cid), evidence="ipfs")
+        dag = await fetch_index(get, cid)
+        return Identity(size=dag.size, cid=str(cid), evidence="ipfs", dag=dag)
 
 
 class VerifiedCarStream:
