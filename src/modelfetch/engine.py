@@ -16,7 +16,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -389,7 +389,8 @@ class Fetcher:
                 elif not any(a.origin == origin.base_url for a in file_log.attempts):
                     file_log.skipped(layer, origin.base_url, reason + DOWN_EARLIER)
             if usable and not identity.verifiable:
-                file_log.skipped(layer, None, _unverifiable_reason(layer, file_log.attempts))
+                reason = _unverifiable_reason(layer, file_log.attempts, request, self._sources)
+                file_log.skipped(layer, None, reason)
                 continue
             candidates.extend(usable)
         return candidates
@@ -612,17 +613,33 @@ async def _tick_every_second(file_log: FileLog) -> None:
         file_log.tick()
 
 
-def _unverifiable_reason(layer: Layer, attempts: Sequence[Attempt]) -> str:
-    """Why a layer's bytes cannot be checked: nothing says what the file must be."""
+def _unverifiable_reason(
+    layer: Layer, attempts: Sequence[Attempt], request: FileRequest, sources: Mapping[str, Source]
+) -> str:
+    """Why a layer's bytes cannot be checked: nothing says what the file must be.
+
+    A model with an IPFS CID is told why the CID did not help (a source's
+    `why_unverifiable`: e.g. no trustless gateway to give the DAG the CID names).
+    """
     failed = [same_failure(a) for a in attempts if a.error_type != "CacheMiss"]
     failed = [f for f in failed if f[2] != "Skipped"]
     if failed:
         why = "; ".join(f"{layer}: {kind}" for layer, _, kind, _ in failed[:3])
         cause = f"no hash known: the metadata lookups failed ({why})"
+    elif request.ipfs_cid:
+        cause = "no manifest entry and no hash from the hub"
     else:
         cause = "no manifest entry, no hash from the hub and no IPFS CID"
+    if request.ipfs_cid:
+        details = [
+            getattr(s, "why_unverifiable", lambda _r: None)(request) for s in sources.values()
+        ]
+        cause += "".join(f"; {d}" for d in details if d)
+        advice = "or configure a trustless gateway (one that serves ?format=raw blocks)"
+    else:
+        advice = "or give the model a Hugging Face source or an IPFS CID"
     what = "gateways'" if layer == "ipfs" else "the hub's"
     return (
         f"{what} bytes can't be checked ({cause}): the file cannot be verified; add it with "
-        "`modelfetch manifest generate`, or give the model a Hugging Face source or an IPFS CID"
+        f"`modelfetch manifest generate`, {advice}"
     )

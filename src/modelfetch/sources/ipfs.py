@@ -177,6 +177,34 @@ class IPFSGatewaySource:
             return "no IPFS gateway is configured"
         return "the model has no IPFS CID (configure one, or publish the model)"
 
+    def why_unverifiable(self, request: FileRequest) -> str | None:
+        """Why the model's CID did not make the file checkable (for the failure report)."""
+        if request.ipfs_cid is None:
+            return None
+        if not self.settings.gateways:
+            return f"the model has IPFS CID {request.ipfs_cid} but no gateway is configured"
+        modes = {g: self.known_mode(g) for g in self.settings.gateways}
+        trustless = [g for g, m in modes.items() if m == "trustless"]
+        if trustless:
+            return (
+                f"the model's IPFS CID {request.ipfs_cid} checks bytes only through the DAG a "
+                f"trustless gateway gives, and none gave it ({', '.join(trustless)} failed)"
+            )
+        plain = ", ".join(g for g, m in modes.items() if m == "path")
+        unknown = ", ".join(g for g, m in modes.items() if m is None)
+        seen = "; ".join(
+            part
+            for part in (
+                f"plain paths only: {plain}" if plain else "",
+                f"not probed: {unknown}" if unknown else "",
+            )
+            if part
+        )
+        return (
+            f"the model's IPFS CID {request.ipfs_cid} checks bytes only through the DAG a "
+            f"trustless gateway gives, and no trustless gateway is configured ({seen})"
+        )
+
     def known_mode(self, gateway: str) -> Mode | None:
         """What a probe found about `gateway` in this run, if it was probed and finished."""
         probe = self._modes.get(gateway)
