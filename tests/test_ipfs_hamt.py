@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import aiohttp
 import pytest
 
 from modelfetch.errors import BadBlock, NoSuchFile
@@ -32,6 +35,11 @@ from modelfetch.ipfs.unixfs import (
     encode_pbnode,
     file_leaf_affixes,
 )
+
+if TYPE_CHECKING:
+    from conftest_ipfs import IpfsNode
+
+pytest_plugins = ["conftest_ipfs"]  # the ipfs_node fixture (tests/conftest_ipfs.py)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ipfs"
 TRUSTLESS = FIXTURES / "gateway-conformance" / "fixtures" / "trustless_gateway_car"
@@ -187,3 +195,83 @@ def _basic_cid(links: list[PBLink], profile: Profile) -> Cid:
     ordered = sorted(links, key=lambda link: (link.name or "").encode())
     block = encode_pbnode(ordered, DIRECTORY_DATA)
     return Cid(profile.cid_version, 0x70, 0x12, hashlib.sha256(block).digest())
+
+
+# -- against a real node (js-ipfs 0.66.1; see tests/conftest_ipfs.py) ----------------------------
+#
+# js-ipfs shards by entry count, not size: a directory of >= `shard-split-threshold` entries
+# (1000 with its sharding experiment on, never by default), where kubo shards by estimated size
+# (> 256 KiB). modelfetch follows kubo. With enough long names both agree that a directory is
+# sharded, and then the shards must be the same blocks.
+
+NODE_PROFILES: dict[str, tuple[dict[str, str], Profile]] = {
+    "v0-defaults": ({}, UNIXFS_V0_2015),
+    "cid-version-1": ({"cid-version": "1"}, CIDV1_DEFAULTS),
+    "unixfs-v1-2025": (
+        {"cid-version": "1", "raw-leaves": "true", "chunker": "size-1048576"},
+        UNIXFS_V1_2025,
+    ),
+}
+
+
+async def _node_add(
+    node: IpfsNode, files: dict[str, bytes], params: dict[str, str]
+) -> dict[str, str]:
+    form = aiohttp.FormData()
+    for name, data in files.items():
+        form.add_field("file", data, filename=name, content_type="application/octet-stream")
+    query = {"pin": "false", "only-hash": "true", **params}
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(f"{node.api}/add", params=query, data=form) as resp,
+    ):
+        body = await resp.text()
+        assert resp.status == 200, body
+    lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+    return {str(line["Name"]): str(line["Hash"]) for line in lines}
+
+
+def _big_tree(root: Path) -> dict[str, bytes]:
+    """3000 small files with 60-byte names: ~282 KiB of links (kubo shards), >= 1000 (js too)."""
+    files = {f"weights/{name}": name.encode() for name in _names(3000, 60)}
+    files["config.json"] = b"{}"
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+@pytest.mark.parametrize("profile", list(NODE_PROFILES))
+async def test_big_directory_cid_equals_the_nodes(
+    ipfs_node: IpfsNode, tmp_path: Path, profile: str
+) -> None:
+    params, prof = NODE_PROFILES[profile]
+    root = tmp_path / "model"
+    files = _big_tree(root)
+    added = await _node_add(
+        ipfs_node,
+        {f"model/{k}": v for k, v in files.items()},
+        {**params, "shard-split-threshold": "1000"},
+    )
+    theirs = Cid.parse(added["model"])
+    assert Cid.parse(cid_of_path(root, profile=prof)) == theirs
+    assert (
+        Cid.parse(added["model/weights"])
+        == directory_node(
+            {p[len("weights/") :]: file_node(d, prof) for p, d in files.items() if "/" in p}, prof
+        ).cid
+    )
+
+
+async def test_js_ipfs_does_not_shard_by_size_as_kubo_does(ipfs_node: IpfsNode) -> None:
+    # 900 names of 300 bytes: ~301 KiB of links, so kubo shards; fewer than 1000 entries, so
+    # js-ipfs keeps a basic directory (its threshold counts entries). We give kubo's CID.
+    files = {f"d/{name}": b"x" for name in _names(900, 300)}
+    added = await _node_add(ipfs_node, files, {"shard-split-threshold": "1000"})
+    links = [PBLink(file_node(b"x").cid, n[2:], file_node(b"x").size) for n in files]
+    assert hamt.needs_sharding(links)
+    assert Cid.parse(added["d"]) == _basic_cid(links, UNIXFS_V0_2015)
+    ours = directory_node({n[2:]: file_node(b"x") for n in files}, UNIXFS_V0_2015)
+    assert ours.cid == hamt.build_shard(links, cid_version=0)[0] != Cid.parse(added["d"])
