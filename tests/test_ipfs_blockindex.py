@@ -16,11 +16,13 @@ from modelfetch.ipfs import (
     BlockIndex,
     Cid,
     DagReader,
+    DirectoryIndex,
     IndexRecorder,
     LeafCheck,
     MemoryBlockStore,
     Profile,
     UnixFSFileBuilder,
+    directory_node,
     fetch_index,
     index_file,
     leaf_check,
@@ -203,3 +205,21 @@ def test_a_block_read_from_a_changed_file_is_refused(tmp_path: Path) -> None:
     changed[leaf.offset] ^= 1
     with pytest.raises(BadBlock):
         index.read_block(leaf.cid, lambda off, n: bytes(changed[off : off + n]))
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_indexes_rebuild_the_directory_that_holds_them(profile: Profile) -> None:
+    rng = random.Random(11)
+    datas = {"a.bin": rng.randbytes(3000), "sub/b.bin": b"", "sub/c.txt": b"hello\n"}
+    nodes, indexes = {}, {}
+    for rel, data in datas.items():
+        rec = IndexRecorder()
+        b = UnixFSFileBuilder(profile, on_leaf=rec.on_leaf, on_node=rec.on_node)
+        b.update(data)
+        nodes[rel] = b.finish_node()
+        indexes[rel] = rec.finish(nodes[rel].cid)
+        assert indexes[rel].dag_node() == nodes[rel]  # same CID, cumulative size, file size
+    tree = DirectoryIndex.build(indexes, profile)
+    assert tree.root == directory_node(nodes, profile).cid
+    assert tree.files == {rel: n.cid for rel, n in nodes.items()}
+    assert len(tree.nodes) == 2  # the root and sub/

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 
+from modelfetch.catalog import ModelSpec
+from modelfetch.config import load_settings
 from modelfetch.errors import BadBlock, NoSuchFile
 from modelfetch.ipfs import (
     CIDV1_DEFAULTS,
@@ -18,6 +23,7 @@ from modelfetch.ipfs import (
     Cid,
     DagReader,
     DirectoryBuilder,
+    DirectoryIndex,
     MemoryBlockStore,
     Profile,
     cid_of_path,
@@ -26,6 +32,7 @@ from modelfetch.ipfs import (
     hamt,
     read_file,
 )
+from modelfetch.ipfs.publish import prepare
 from modelfetch.ipfs.unixfs import (
     DIRECTORY_DATA,
     NodeType,
@@ -35,6 +42,8 @@ from modelfetch.ipfs.unixfs import (
     encode_pbnode,
     file_leaf_affixes,
 )
+from modelfetch.manifest import MANIFEST_NAME, generate
+from modelfetch.store import Store
 
 if TYPE_CHECKING:
     from conftest_ipfs import IpfsNode
@@ -156,11 +165,11 @@ def test_block_estimate_of_the_2025_profile_counts_the_whole_block() -> None:
 def test_big_directory_on_disk_is_sharded_and_readable(tmp_path: Path) -> None:
     root = tmp_path / "many"
     root.mkdir()
-    for name in _names(3000, 60):  # 3000 x (60 + 34) > 256 KiB
+    for name in _names(1200, 200):  # 1200 x (200 + 34) > 256 KiB
         (root / name).write_bytes(name.encode())
     store = MemoryBlockStore()
     d = DirectoryBuilder(UNIXFS_V0_2015, on_block=store.put)
-    for name in _names(3000, 60):
+    for name in _names(1200, 200):
         node = file_node(name.encode())
         d.add(name, node)
         store.put(node.cid, _leaf_block(name.encode()))
@@ -232,37 +241,23 @@ async def _node_add(
     return {str(line["Name"]): str(line["Hash"]) for line in lines}
 
 
+BIG_NAMES = _names(1200, 200)
+CID_ARGS = {
+    "v0-defaults": [],
+    "cid-version-1": ["--cid-version", "1"],
+    "unixfs-v1-2025": ["--profile", "unixfs-v1-2025"],
+}
+
+
 def _big_tree(root: Path) -> dict[str, bytes]:
-    """3000 small files with 60-byte names: ~282 KiB of links (kubo shards), >= 1000 (js too)."""
-    files = {f"weights/{name}": name.encode() for name in _names(3000, 60)}
+    """1200 small files, 200-byte names: ~280 KiB of links (kubo shards), >= 1000 (js too)."""
+    files = {f"weights/{name}": name.encode()[-9:] for name in BIG_NAMES}
     files["config.json"] = b"{}"
     for rel, data in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return files
-
-
-@pytest.mark.parametrize("profile", list(NODE_PROFILES))
-async def test_big_directory_cid_equals_the_nodes(
-    ipfs_node: IpfsNode, tmp_path: Path, profile: str
-) -> None:
-    params, prof = NODE_PROFILES[profile]
-    root = tmp_path / "model"
-    files = _big_tree(root)
-    added = await _node_add(
-        ipfs_node,
-        {f"model/{k}": v for k, v in files.items()},
-        {**params, "shard-split-threshold": "1000"},
-    )
-    theirs = Cid.parse(added["model"])
-    assert Cid.parse(cid_of_path(root, profile=prof)) == theirs
-    assert (
-        Cid.parse(added["model/weights"])
-        == directory_node(
-            {p[len("weights/") :]: file_node(d, prof) for p, d in files.items() if "/" in p}, prof
-        ).cid
-    )
 
 
 async def test_js_ipfs_does_not_shard_by_size_as_kubo_does(ipfs_node: IpfsNode) -> None:
@@ -275,3 +270,49 @@ async def test_js_ipfs_does_not_shard_by_size_as_kubo_does(ipfs_node: IpfsNode) 
     assert Cid.parse(added["d"]) == _basic_cid(links, UNIXFS_V0_2015)
     ours = directory_node({n[2:]: file_node(b"x") for n in files}, UNIXFS_V0_2015)
     assert ours.cid == hamt.build_shard(links, cid_version=0)[0] != Cid.parse(added["d"])
+
+
+@pytest.mark.parametrize("profile", ["v0-defaults", "unixfs-v1-2025"])
+async def test_cid_and_publish_of_a_big_directory_equal_the_nodes(
+    ipfs_node: IpfsNode, tmp_path: Path, profile: str
+) -> None:
+    params, prof = NODE_PROFILES[profile]
+    home = tmp_path / "models"
+    root = home / "org" / "big"
+    files = _big_tree(root)
+    added = await _node_add(
+        ipfs_node,
+        {f"big/{k}": v for k, v in files.items()},
+        {**params, "shard-split-threshold": "1000"},
+    )
+    theirs = Cid.parse(added["big"])
+    # `modelfetch cid DIR`
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelfetch", "cid", str(root), *CID_ARGS[profile]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Cid.parse(proc.stdout.split()[0]) == theirs
+    # publish's local CID, and the block indexes it keeps for serving the model
+    generate(root, "big", home / MANIFEST_NAME)
+    settings = load_settings(models_dir=home, env={})
+    spec = ModelSpec(name="big", dir="org/big", files=tuple(files))
+    settings = replace(settings, models={"big": spec})
+    local = await prepare(settings, "big", profile=prof)
+    assert local.root.cid == theirs
+    assert local.files["config.json"].cid == Cid.parse(added["big/config.json"])
+    weights = {p[len("weights/") :]: n for p, n in local.files.items() if "/" in p}
+    assert directory_node(weights, prof).cid == Cid.parse(added["big/weights"])
+    store = Store(home)
+    tree = DirectoryIndex.load(store.directory_index_path(spec, theirs))
+    assert tree is not None and tree.root == theirs and len(tree.nodes) > 2  # dir + shards
+    shard_store = MemoryBlockStore(tree.nodes.items())
+    for rel in ("config.json", "weights/" + BIG_NAMES[-1]):
+        index = store.load_block_index(spec, rel, tree.files[rel])
+        assert index is not None
+        for cid in index.cids():
+            shard_store.put(cid, index.read_block_from(cid, root / rel))
+        assert await read_file(theirs, shard_store, path=rel) == files[rel]

@@ -59,7 +59,7 @@ def cid_command(
         raise ConfigError(f"{target} does not exist")
     try:
         value = cid_of_path(target, cid_version=int(cid_version), profile=profile)
-    except ValueError as exc:  # a FIFO, a device, a directory too big to shard here
+    except ValueError as exc:  # a FIFO, a device
         raise ConfigError(f"{target}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{target}: {exc.strerror}") from None

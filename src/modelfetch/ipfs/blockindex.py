@@ -168,6 +168,22 @@ class BlockIndex:
                 yield from self._order(link.cid, pos, offset, end)
             pos += size
 
+    @property
+    def tsize(self) -> int:
+        """The DAG's cumulative size (the Tsize a directory link to the file carries)."""
+        total = 0
+        for cid in self.dag_order():
+            found = self.block(cid)
+            if isinstance(found, bytes):
+                total += len(found)
+            else:
+                total += _pb_leaf_size(found.length) if found.kind == "pb" else found.length
+        return total
+
+    def dag_node(self) -> DagNode:
+        """The file as a directory entry: (root CID, cumulative size, file size)."""
+        return DagNode(self.root, self.tsize, self.size)
+
     # -- saving -----------------------------------------------------------------------------
 
     def to_dict(self, signature: Sequence[int] | None = None) -> dict[str, object]:
@@ -261,9 +277,8 @@ def index_file(
     builder = UnixFSFileBuilder(
         profile, cid_version=cid_version, on_leaf=rec.on_leaf, on_node=rec.on_node
     )
-    buf = bytearray(4 << 20)
-    view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
+        view = memoryview(bytearray(max(1, min(4 << 20, os.fstat(f.fileno()).st_size))))
         while n := f.readinto(view):
             builder.update(view[:n])
     node = builder.finish_node()
@@ -484,11 +499,13 @@ class DirectoryIndex:
     root: Cid
     nodes: dict[Cid, bytes]
     files: dict[str, Cid]
+    size: int = 0  # the root's cumulative DAG size (its Tsize)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "version": FORMAT_VERSION,
             "root": str(self.root),
+            "size": self.size,
             "files": {p: str(c) for p, c in self.files.items()},
             "nodes": {str(c): base64.b64encode(b).decode("ascii") for c, b in self.nodes.items()},
         }
@@ -506,7 +523,23 @@ class DirectoryIndex:
             verify_block(cid, block)
             nodes[cid] = block
         files = {str(p): Cid.parse(str(c)) for p, c in files_raw.items()}
-        return cls(Cid.parse(str(raw["root"])), nodes, files)
+        return cls(Cid.parse(str(raw["root"])), nodes, files, int(str(raw.get("size", 0))))
+
+    @classmethod
+    def build(
+        cls, files: Mapping[str, BlockIndex | DagNode], profile: Profile | str | None = None
+    ) -> DirectoryIndex:
+        """The directory `ipfs add -r` makes of these files with `profile` (HAMT-sharded when
+        big): e.g. from the block indexes of a model's files, to serve the model's CID."""
+        from modelfetch.ipfs.directory import DirectoryBuilder
+
+        blocks: dict[Cid, bytes] = {}
+        builder = DirectoryBuilder(profile, on_block=blocks.__setitem__)
+        for rel, item in files.items():
+            builder.add(rel, item.dag_node() if isinstance(item, BlockIndex) else item)
+        root = builder.finish_node()
+        cids = {rel: (i.root if isinstance(i, BlockIndex) else i.cid) for rel, i in files.items()}
+        return cls(root.cid, blocks, cids, root.size)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
