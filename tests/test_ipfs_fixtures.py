@@ -27,8 +27,10 @@ from modelfetch.ipfs import (
     Profile,
     UnixFSFileBuilder,
     cid_of_path,
+    fetch_index,
     file_node,
     iter_file,
+    leaf_check,
     read_car,
     read_car_file,
     read_file,
@@ -424,3 +426,24 @@ def test_the_cli_names_the_skipped_ipfs_layer_and_why(tmp_path: Path) -> None:
     skipped = [a for a in error["attempts"] if a["layer"] == "ipfs"]
     assert [a["error_type"] for a in skipped] == ["Skipped"]
     assert "no trustless gateway is configured" in skipped[0]["message"]
+
+
+async def test_a_kubo_v0_dag_is_indexed_without_its_leaves() -> None:
+    # kubo's CIDv0 file of three 1 KiB dag-pb leaves, the middle one missing from the CAR:
+    # indexing needs the root only (the leaves are known by their links' Tsize)
+    car = (TRUSTLESS / "file-3k-and-3-blocks-missing-block.car").read_bytes()
+    store = MemoryBlockStore.from_car(car)
+    root = "QmYhmPjhFjYFyaoiuNzYv8WGavpSRDwdHWe5B4M5du5Rtk"
+    index = await fetch_index(store, root)
+    assert [(leaf.offset, leaf.length, leaf.kind) for leaf in index.leaves] == [
+        (0, 1024, "pb"),
+        (1024, 1024, "pb"),
+        (2048, 1024, "pb"),
+    ]
+    assert str(index.leaves[1].cid) == "QmSNLTo6Wv9dfroVaw7MFYjLqf9ho7PKrgsjdzYDtv8h1W"
+    first = await anext(aiter(iter_file(root, store)))
+    assert len(first) == 1024 and leaf_check(index, 0, first) == []
+    last = b"".join([p async for p in iter_file(root, store, offset=2048)])
+    assert leaf_check(index, 2048, last) == []
+    assert leaf_check(index, 2048, last[:-1] + b"?") == [(2048, 3072)]
+    assert index.tsize == sum(len(b) for b in store.blocks.values()) + 1035  # + the missing
