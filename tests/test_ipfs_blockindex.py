@@ -148,15 +148,22 @@ def test_leaf_check_stream_accepts_the_file_and_rejects_any_change(profile: Prof
     check.finish()
     bad = bytearray(data)
     bad[-1] ^= 0x80
+    bad[3] ^= 0x01
     check = LeafCheck(index, name="f")
-    with pytest.raises(HashMismatch, match="do not hash"):
-        check.update(bad)
+    check.update(bad)  # objects only at the end, naming where
+    first, last = index.leaves[0], index.leaves[-1]
+    expected = [(0, first.end), (last.offset, last.end)] if first != last else [(0, last.end)]
+    assert check.bad == expected
+    with pytest.raises(HashMismatch, match=f"bytes 0-{first.end:,}.* do not hash"):
+        check.finish()
     short = LeafCheck(index, name="f")
     short.update(data[:512])
     with pytest.raises(HashMismatch, match="holds"):
         short.finish()
-    with pytest.raises(HashMismatch, match="more than"):
-        LeafCheck(index).update(data + b"x")
+    long = LeafCheck(index)
+    long.update(data + b"x")
+    with pytest.raises(HashMismatch, match=f"{len(data) + 1:,} bytes"):
+        long.finish()
 
 
 def test_index_saved_and_loaded_only_for_the_same_file(tmp_path: Path) -> None:

@@ -431,18 +431,21 @@ def leaf_check(index: BlockIndex, offset: int, data: bytes | memoryview) -> list
 
 class LeafCheck:
     """A StreamCheck: the file's bytes, fed in order from 0, each leaf hash-checked as it
-    completes against the verified index; `finish` also wants exactly `index.size` bytes.
+    completes against the verified index; `finish` raises HashMismatch naming the wrong
+    leaves' ranges (`bad`), or if the bytes are not exactly `index.size` long.
 
-    The first wrong leaf raises HashMismatch at once (naming its range), so a bad transfer
-    stops early.
+    Like every stream check it objects only at the end, so that the transfer engine can
+    look for the origin that sent the wrong bytes (`bad` says where they are).
     """
 
     def __init__(self, index: BlockIndex, *, name: str = "file") -> None:
         self.index = index
         self.name = name
+        self.bad: list[tuple[int, int]] = []
         self._pos = 0
         self._i = 0
         self._h: hashlib._Hash | None = None
+        self._overflow = 0
         self._skip_empty()
 
     def _skip_empty(self) -> None:
@@ -453,21 +456,18 @@ class LeafCheck:
 
     def _close(self, leaf: Leaf, h: hashlib._Hash) -> None:
         if not _leaf_ok(self.index, leaf, h):
-            raise HashMismatch(
-                f"{self.name}: bytes {leaf.offset:,}-{leaf.end:,} do not hash to the CID of "
-                f"their block {leaf.cid} in the DAG of {self.index.root}; the bytes were "
-                "discarded"
-            )
+            if self.bad and self.bad[-1][1] == leaf.offset:
+                self.bad[-1] = (self.bad[-1][0], leaf.end)
+            else:
+                self.bad.append((leaf.offset, leaf.end))
 
     def update(self, data: bytes | memoryview) -> None:
         mv = memoryview(data).cast("B")
         leaves = self.index.leaves
         while len(mv):
             if self._i >= len(leaves):
-                raise HashMismatch(
-                    f"{self.name}: more than the {self.index.size:,} bytes the DAG of "
-                    f"{self.index.root} holds"
-                )
+                self._overflow += len(mv)
+                return
             leaf = leaves[self._i]
             if self._h is None:
                 self._h = _hasher(leaf)
@@ -482,10 +482,17 @@ class LeafCheck:
                 self._skip_empty()
 
     def finish(self) -> None:
-        if self._pos != self.index.size:
+        if self._overflow or self._pos != self.index.size:
             raise HashMismatch(
-                f"{self.name}: {self._pos:,} bytes, but the DAG of {self.index.root} holds "
-                f"{self.index.size:,}; the bytes were discarded"
+                f"{self.name}: {self._pos + self._overflow:,} bytes, but the DAG of "
+                f"{self.index.root} holds {self.index.size:,}; the bytes were discarded"
+            )
+        if self.bad:
+            where = ", ".join(f"{s:,}-{e:,}" for s, e in self.bad[:3])
+            more = f" and {len(self.bad) - 3} more range(s)" if len(self.bad) > 3 else ""
+            raise HashMismatch(
+                f"{self.name}: bytes {where}{more} do not hash to the CIDs of their blocks in "
+                f"the DAG of {self.index.root}; the bytes were discarded"
             )
 
 
