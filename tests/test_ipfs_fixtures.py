@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -447,3 +448,41 @@ async def test_a_kubo_v0_dag_is_indexed_without_its_leaves() -> None:
     assert leaf_check(index, 2048, last) == []
     assert leaf_check(index, 2048, last[:-1] + b"?") == [(2048, 3072)]
     assert index.tsize == sum(len(b) for b in store.blocks.values()) + 1035  # + the missing
+
+
+async def test_the_dag_names_the_leaf_a_lying_origin_sent(tmp_path: Path) -> None:
+    # A 3 MiB file known only by its CID, its ranges spread over two path gateways and the
+    # trustless one; one path gateway flips a byte in the first body it sends. The file's
+    # DAG says which 256 KiB leaf is wrong: only that leaf is fetched again to name the liar.
+    import random
+
+    from modelfetch.config import TransferSettings
+    from modelfetch.testing import faults
+
+    data = random.Random(12).randbytes(3 << 20)
+    backend = MemoryBackend()
+    root = str(backend.add_files({"w.bin": data}, CIDV1_DEFAULTS))
+    with (
+        GatewayServer() as liar,
+        GatewayServer() as honest,
+        TrustlessGatewayServer(backend) as meta,
+    ):
+        for gw in (liar, honest):
+            gw.add_directory(root, {"w.bin": data})
+        liar.inject(faults.wrong_bytes(), times=1)
+        settings = _pull_settings(tmp_path / "m", [liar.url, honest.url, meta.url], root, ["w.bin"])
+        many = TransferSettings(connections=6, min_segment=512 << 10, min_steal=256 << 10)
+        result = await _pull(replace(settings, transfer=many))
+        liar_url, lied = liar.url, liar.request_count()
+    assert result.ok, result.errors
+    assert (tmp_path / "m" / "org" / "fx" / "w.bin").read_bytes() == data
+    with Records(settings.records_path) as records:
+        rows = [r for r in records.attempts() if r["gateway"] == liar_url]
+    named = [r["error_message"] for r in rows if r["status"] == "error"]
+    assert lied and named, "the liar sent bytes and was named"
+
+    assert "DAG" in named[0] and "the wrong bytes were at" in named[0]
+    found = re.search(r"the wrong bytes were at ([\d,]+)-([\d,]+)", named[0])
+    assert found is not None
+    start, end = (int(g.replace(",", "")) for g in found.groups())
+    assert 0 < end - start <= 256 << 10, named[0]  # within one leaf, not the liar's whole range
