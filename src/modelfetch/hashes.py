@@ -141,7 +141,7 @@ def _dag_check(identity: Identity, name: str) -> StreamCheck:
     if dag is None:
         return _NoDag(identity.cid, name)
     # Imported here: `status` and the CLI's start-up never need the IPFS modules.
-    from .ipfs.blockindex import LeafCheck
+    from .ipfs.leafcheck import LeafCheck
     from .ipfs.cid import Cid
 
     if Cid.parse(identity.cid).to_v1() != dag.root.to_v1():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-from modelfetch.errors import BadBlock, HashMismatch
+from modelfetch.errors import BadBlock
 from modelfetch.ipfs.blockstore import BlockGetter
 from modelfetch.ipfs.cid import DAG_PB, RAW, Cid, verify_block
 from modelfetch.ipfs.importer import DagNode, Profile, UnixFSFileBuilder
@@ -382,120 +381,6 @@ def _decode_file_node(cid: Cid, block: bytes) -> tuple[PBNode, UnixFSData]:
     return pb, fs
 
 
-# -- checking bytes against the leaves --------------------------------------------------------
-
-
-def _leaf_digest(index: BlockIndex, leaf: Leaf) -> tuple[str, bytes]:
-    """What a leaf's bytes must hash to: (hashlib name, digest) of its block (or its data)."""
-    if leaf.kind == "inline":
-        pb = decode_pbnode(index.nodes[leaf.cid])
-        data = decode_unixfs(pb.data or b"").data or b""
-        return "sha256", hashlib.sha256(data).digest()
-    if leaf.cid.hash_code != 0x12:
-        raise BadBlock(f"leaf {leaf.cid}: only sha2-256 leaves can be checked in a stream")
-    return "sha256", leaf.cid.digest
-
-
-def _hasher(leaf: Leaf) -> hashlib._Hash:
-    h = hashlib.sha256()
-    if leaf.kind == "pb":
-        h.update(file_leaf_affixes(leaf.length)[0])
-    return h
-
-
-def _leaf_ok(index: BlockIndex, leaf: Leaf, h: hashlib._Hash) -> bool:
-    if leaf.kind == "pb":
-        h.update(file_leaf_affixes(leaf.length)[1])
-    return h.digest() == _leaf_digest(index, leaf)[1]
-
-
-def leaf_check(index: BlockIndex, offset: int, data: bytes | memoryview) -> list[tuple[int, int]]:
-    """Check bytes of the file starting at `offset` against the leaves they wholly cover.
-
-    Returns the [start, end) file ranges of the leaves whose bytes are wrong (empty: all good).
-    Leaves only partly inside the range are not judged (a range check from any origin: the
-    transfer engine can tell which origin sent wrong bytes, leaf by leaf).
-    """
-    mv = memoryview(data).cast("B")
-    end = offset + len(mv)
-    bad = []
-    for leaf in index.leaves_in(offset, end):
-        if leaf.offset < offset or leaf.end > end:
-            continue
-        h = _hasher(leaf)
-        h.update(mv[leaf.offset - offset : leaf.end - offset])
-        if not _leaf_ok(index, leaf, h):
-            bad.append((leaf.offset, leaf.end))
-    return bad
-
-
-class LeafCheck:
-    """A StreamCheck: the file's bytes, fed in order from 0, each leaf hash-checked as it
-    completes against the verified index; `finish` raises HashMismatch naming the wrong
-    leaves' ranges (`bad`), or if the bytes are not exactly `index.size` long.
-
-    Like every stream check it objects only at the end, so that the transfer engine can
-    look for the origin that sent the wrong bytes (`bad` says where they are).
-    """
-
-    def __init__(self, index: BlockIndex, *, name: str = "file") -> None:
-        self.index = index
-        self.name = name
-        self.bad: list[tuple[int, int]] = []
-        self._pos = 0
-        self._i = 0
-        self._h: hashlib._Hash | None = None
-        self._overflow = 0
-        self._skip_empty()
-
-    def _skip_empty(self) -> None:
-        leaves = self.index.leaves
-        while self._i < len(leaves) and leaves[self._i].length == 0:
-            self._close(leaves[self._i], _hasher(leaves[self._i]))
-            self._i += 1
-
-    def _close(self, leaf: Leaf, h: hashlib._Hash) -> None:
-        if not _leaf_ok(self.index, leaf, h):
-            if self.bad and self.bad[-1][1] == leaf.offset:
-                self.bad[-1] = (self.bad[-1][0], leaf.end)
-            else:
-                self.bad.append((leaf.offset, leaf.end))
-
-    def update(self, data: bytes | memoryview) -> None:
-        mv = memoryview(data).cast("B")
-        leaves = self.index.leaves
-        while len(mv):
-            if self._i >= len(leaves):
-                self._overflow += len(mv)
-                return
-            leaf = leaves[self._i]
-            if self._h is None:
-                self._h = _hasher(leaf)
-            take = min(len(mv), leaf.end - self._pos)
-            self._h.update(mv[:take])
-            self._pos += take
-            mv = mv[take:]
-            if self._pos == leaf.end:
-                self._close(leaf, self._h)
-                self._h = None
-                self._i += 1
-                self._skip_empty()
-
-    def finish(self) -> None:
-        if self._overflow or self._pos != self.index.size:
-            raise HashMismatch(
-                f"{self.name}: {self._pos + self._overflow:,} bytes, but the DAG of "
-                f"{self.index.root} holds {self.index.size:,}; the bytes were discarded"
-            )
-        if self.bad:
-            where = ", ".join(f"{s:,}-{e:,}" for s, e in self.bad[:3])
-            more = f" and {len(self.bad) - 3} more range(s)" if len(self.bad) > 3 else ""
-            raise HashMismatch(
-                f"{self.name}: bytes {where}{more} do not hash to the CIDs of their blocks in "
-                f"the DAG of {self.index.root}; the bytes were discarded"
-            )
-
-
 # -- the model's directory ----------------------------------------------------------------------
 
 
@@ -560,3 +445,8 @@ class DirectoryIndex:
             return cls.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError, BadBlock):
             return None
+
+
+# The checks over an index live in their own module; re-exported here for one import path.
+from modelfetch.ipfs.leafcheck import LeafCheck as LeafCheck  # noqa: E402
+from modelfetch.ipfs.leafcheck import leaf_check as leaf_check  # noqa: E402

@@ -155,7 +155,7 @@ async def _compare_and_fix(
 
 def _bad_leaves(assembler: Assembler, dag: BlockIndex) -> list[tuple[int, int]]:
     """The ranges of the leaves whose bytes on disk do not hash to their CIDs (blocking)."""
-    from ..ipfs.blockindex import leaf_check  # only files known by their DAG need it
+    from ..ipfs.leafcheck import leaf_check  # only files known by their DAG need it
 
     bad: list[tuple[int, int]] = []
     leaves = dag.leaves
