@@ -141,8 +141,8 @@ def _dag_check(identity: Identity, name: str) -> StreamCheck:
     if dag is None:
         return _NoDag(identity.cid, name)
     # Imported here: `status` and the CLI's start-up never need the IPFS modules.
-    from .ipfs.leafcheck import LeafCheck
     from .ipfs.cid import Cid
+    from .ipfs.leafcheck import LeafCheck
 
     if Cid.parse(identity.cid).to_v1() != dag.root.to_v1():
         raise ValueError(f"{name}: the DAG given is that of {dag.root}, not of {identity.cid}")
