@@ -6,9 +6,12 @@ slots. The slot of a name at depth d is the d-th group of log2(fanout) bits of t
 murmur3 hash of the name, most significant first. A link named by the slot in upper-case hex
 (`"1F"`) is a sub-shard; a link named by the slot followed by the entry name (`"1Fmodel.bin"`)
 is the entry itself. Kubo shards a directory once its estimated size passes 256 KiB
-(boxo's `HAMTShardingSize`, `>` since boxo 0.36 / kubo 0.40; `>=` before), estimated from
+(boxo's `HAMTShardingSize`; strictly above: a directory exactly at it stays basic, as
+boxo's ipld/unixfs/io/directory.go says; older boxo used `>=`), estimated from
 link names + CID lengths (`links`, the default) or, in the `unixfs-v1-2025` profile, from
-the serialized block size (`block`).
+the serialized block size (`block`). js-ipfs 0.66 (ipfs-unixfs-importer 12) decides by entry
+count instead (`shard-split-threshold`, off unless its sharding experiment is on); the shards
+it makes are the same blocks. modelfetch follows kubo.
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ def estimated_size(links: Sequence[PBLink], estimation: Estimation = "links") ->
 
 
 def needs_sharding(links: Sequence[PBLink], estimation: Estimation = "links") -> bool:
-    """Whether kubo (boxo >= 0.36) stores a directory of these links as a HAMT."""
+    """Whether kubo (current boxo) stores a directory of these links as a HAMT."""
     return estimated_size(links, estimation) > HAMT_SHARDING_SIZE
 
 
