@@ -16,10 +16,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-<<<<<<< HEAD
-=======
-from dataclasses import dataclass, field
->>>>>>> i12-dag
 from datetime import timedelta
 from pathlib import Path
 
@@ -378,7 +374,8 @@ class Fetcher:
                 file_log.skipped(layer, None, source.why_none(request))
                 continue
             usable = []
-            for origin in run.rank(self.scores.rank(origins, key=_base_url)):
+            ranked = sorted(self.scores.rank(origins, key=_base_url), key=_is_fallback)
+            for origin in run.rank(ranked):
                 reason = run.skip_reason(origin.base_url)
                 if reason is None:
                     usable.append(origin)
@@ -488,6 +485,11 @@ def open_records(settings: Settings) -> Records | None:
     except StorageError as exc:
         log.warning("download records are off: %s", exc)
         return None
+
+
+def _is_fallback(origin: Origin) -> bool:
+    """An origin asked only after the others of its layer, whatever its score."""
+    return bool(getattr(origin, "fallback", False))
 
 
 def _base_url(origin: Origin) -> str:
