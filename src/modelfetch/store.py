@@ -184,7 +184,7 @@ class Store:
         if stamp is not None and _stamp_matches(stamp, identity):
             return Lookup("hit", final, stamp)
         try:
-            verified = _rehash(final, identity, path)
+            verified = rehash(final, identity, path)
         except VerificationError as exc:
             if move_corrupt:
                 self._move_aside(final)
@@ -275,7 +275,8 @@ def _stamp_matches(stamp: Verified, identity: Identity) -> bool:
     return False  # only a git SHA-1 or a CID is expected: rehash to check it
 
 
-def _rehash(final: Path, identity: Identity, path: str) -> Verified:
+def rehash(final: Path, identity: Identity, path: str) -> Verified:
+    """Check the file at `final` against `identity` (size first, then one hashing pass)."""
     if identity.size is not None and final.stat().st_size != identity.size:
         digests = Digests(identity, name=str(final))
         digests.size = final.stat().st_size
