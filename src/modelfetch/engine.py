@@ -442,7 +442,8 @@ class Fetcher:
         final = await asyncio.to_thread(
             dest.install, path, partial.data, partial.control, delivered.verified
         )
-        if identity.dag is not None:  # the DAG that verified it: its blocks can be served
+        if identity.dag is not None and isinstance(dest, ModelsDir):
+            # the DAG that verified the file: its blocks can be served from it
             await asyncio.to_thread(self.store.save_block_index, model, path, identity.dag)
         on_disk = delivered.on_disk
         used = report_senders(delivered, file_log)
