@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from conftest import World
+from conftest import REPO, World
 from modelfetch import scores as scores_mod
 from modelfetch.engine import Fetcher
 from modelfetch.events import AttemptEvent, Event
 from modelfetch.records import Records
 from modelfetch.records.schema import dt_to_ms
 from modelfetch.scores import Scores, with_scores
-from modelfetch.testing import faults
+from modelfetch.testing import HubServer, faults
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 NOW_MS = dt_to_ms(NOW)
@@ -253,3 +253,30 @@ async def test_origins_skipped_are_recorded_with_why_but_not_scored(world: World
     assert sorted(r["status"] for r in rows) == ["error"] + ["skipped"] * (len(world.files) - 1)
     assert all(r["error_message"].startswith("down: ") for r in rows if r["status"] == "skipped")
     assert snap[refusing]["attempts"] == 1  # the one refused connection, not the skips
+
+
+async def test_a_mirror_is_asked_before_the_hub_however_well_the_hub_scored(
+    world: World,
+) -> None:
+    # A machine that pulled from the hub for months, then given a mirror: the hub's fine
+    # record must not keep the mirror unused (sparing the hub is what mirrors are for).
+    events: list[Any] = []
+    settings = world.with_settings(order=("cache", "huggingface"))
+    async with Fetcher(settings, listeners=[events.append]) as fetcher:
+        assert (await fetcher.pull_model(world.spec.name)).ok
+    forget_files(world)
+    with HubServer() as mirror:
+        for path, data in world.files.items():
+            mirror.add_file(REPO, path, data)
+        hf = replace(settings.huggingface, mirrors=(mirror.url,))
+        events.clear()
+        async with Fetcher(replace(settings, huggingface=hf), listeners=[events.append]) as fetcher:
+            known = fetcher.scores
+            assert known.score(world.hub.url) > known.score(mirror.url)  # by score: hub first
+            result = await fetcher.pull_model(world.spec.name)
+        assert result.ok, result.errors
+        tried = [
+            e.gateway for e in events if isinstance(e, AttemptEvent) and e.layer == "huggingface"
+        ]
+        assert tried and set(tried) == {mirror.url}
+        assert {f.gateway for f in result.files} == {mirror.url}

@@ -374,14 +374,16 @@ class Fetcher:
                 file_log.skipped(layer, None, source.why_none(request))
                 continue
             usable = []
-            for origin in run.rank(self.scores.rank(origins, key=_base_url)):
+            ranked = sorted(self.scores.rank(origins, key=_base_url), key=_is_fallback)
+            for origin in run.rank(ranked):
                 reason = run.skip_reason(origin.base_url)
                 if reason is None:
                     usable.append(origin)
                 elif not any(a.origin == origin.base_url for a in file_log.attempts):
                     file_log.skipped(layer, origin.base_url, reason + DOWN_EARLIER)
             if usable and not identity.verifiable:
-                file_log.skipped(layer, None, _unverifiable_reason(layer, file_log.attempts))
+                reason = _unverifiable_reason(layer, file_log.attempts, request, self._sources)
+                file_log.skipped(layer, None, reason)
                 continue
             candidates.extend(usable)
         return candidates
@@ -440,6 +442,9 @@ class Fetcher:
         final = await asyncio.to_thread(
             dest.install, path, partial.data, partial.control, delivered.verified
         )
+        if identity.dag is not None and isinstance(dest, ModelsDir):
+            # the DAG that verified the file: its blocks can be served from it
+            await asyncio.to_thread(self.store.save_block_index, model, path, identity.dag)
         on_disk = delivered.on_disk
         used = report_senders(delivered, file_log)
         self._note_cid_fetches(request, [t.origin for t in used if t.bytes], run, ok=True)
@@ -483,6 +488,11 @@ def open_records(settings: Settings) -> Records | None:
         return None
 
 
+def _is_fallback(origin: Origin) -> bool:
+    """An origin asked only after the others of its layer, whatever its score."""
+    return bool(getattr(origin, "fallback", False))
+
+
 def _base_url(origin: Origin) -> str:
     return origin.base_url
 
@@ -493,17 +503,33 @@ async def _tick_every_second(file_log: FileLog) -> None:
         file_log.tick()
 
 
-def _unverifiable_reason(layer: Layer, attempts: Sequence[Attempt]) -> str:
-    """Why a layer's bytes cannot be checked: nothing says what the file must be."""
+def _unverifiable_reason(
+    layer: Layer, attempts: Sequence[Attempt], request: FileRequest, sources: Mapping[str, Source]
+) -> str:
+    """Why a layer's bytes cannot be checked: nothing says what the file must be.
+
+    A model with an IPFS CID is told why the CID did not help (a source's
+    `why_unverifiable`: e.g. no trustless gateway to give the DAG the CID names).
+    """
     failed = [same_failure(a) for a in attempts if a.error_type != "CacheMiss"]
     failed = [f for f in failed if f[2] != "Skipped"]
     if failed:
         why = "; ".join(f"{layer}: {kind}" for layer, _, kind, _ in failed[:3])
         cause = f"no hash known: the metadata lookups failed ({why})"
+    elif request.ipfs_cid:
+        cause = "no manifest entry and no hash from the hub"
     else:
         cause = "no manifest entry, no hash from the hub and no IPFS CID"
+    if request.ipfs_cid:
+        details = [
+            getattr(s, "why_unverifiable", lambda _r: None)(request) for s in sources.values()
+        ]
+        cause += "".join(f"; {d}" for d in details if d)
+        advice = "or configure a trustless gateway (one that serves ?format=raw blocks)"
+    else:
+        advice = "or give the model a Hugging Face source or an IPFS CID"
     what = "gateways'" if layer == "ipfs" else "the hub's"
     return (
         f"{what} bytes can't be checked ({cause}): the file cannot be verified; add it with "
-        "`modelfetch manifest generate`, or give the model a Hugging Face source or an IPFS CID"
+        f"`modelfetch manifest generate`, {advice}"
     )

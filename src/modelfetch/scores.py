@@ -260,6 +260,7 @@ class Scores:
         return _PRIOR_SCORE if sums is None else sums.at(self._clock()).score()
 
     def known(self, origin: str) -> bool:
+        """Whether any success or failure of `origin` was seen (recorded or this run)."""
         return origin in self._sums
 
     def rank(self, origins: Sequence[T], key: Callable[[T], str]) -> list[T]:

@@ -53,13 +53,13 @@ def cid_command(
     models_dir: Path | None,
 ) -> None:
     """Print the CID of FILE or DIR exactly as `ipfs add --only-hash` computes it."""
-    from ..ipfs.importer import cid_of_path
+    from ..ipfs.directory import cid_of_path
 
     if not target.exists():
         raise ConfigError(f"{target} does not exist")
     try:
         value = cid_of_path(target, cid_version=int(cid_version), profile=profile)
-    except ValueError as exc:  # a FIFO, a device, a directory too big to shard here
+    except ValueError as exc:  # a FIFO, a device
         raise ConfigError(f"{target}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{target}: {exc.strerror}") from None

@@ -875,8 +875,31 @@ function refreshSoon(delay) {
   }, delay);
 }
 
+// The mirror's figures (`serve --mirror`); the panel stays hidden on a plain server (404).
+async function refreshMirror() {
+  let figures;
+  try {
+    figures = await api("mirror");
+  } catch {
+    $("mirror").hidden = true;
+    return;
+  }
+  const rows = [
+    ["Requests", String(figures.requests)],
+    ["Bytes served", fmtBytes(figures.bytes_served)],
+    ["Hit ratio", `${fmtPct(figures.hit_ratio * 100)} (${figures.hits} hits, ${figures.misses} misses)`],
+    ["Pull-through transfers in flight", String(figures.pulls_in_flight)],
+    ["Pull-through transfers", `${figures.pulls} (${figures.pulls_failed} failed)`],
+    ["Clients (last 10 min)", String(figures.clients)],
+  ];
+  $("mirror-url").textContent = location.origin;
+  $("mirror-body").replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  $("mirror").hidden = false;
+}
+
 async function refreshMetrics() {
   if (state.stopped) return;
+  refreshMirror();
   if (state.refreshing) {
     state.refreshAgain = true;
     return;
