@@ -19,7 +19,7 @@ from .errors import Attempt
 from .events import AttemptEvent, ProgressEvent
 from .hashes import Identity
 from .hfcache import HFCache
-from .hfdest import Stamps
+from .hfstamps import Stamps
 from .results import FileResult
 from .sources.base import FileRequest
 

@@ -18,7 +18,7 @@ from .destination import Destination
 from .errors import ConfigError, StorageError
 from .hashes import Identity, Verified
 from .hfcache import HFCache
-from .hfdest import Stamps, check_file, identity_of_etag
+from .hfstamps import Stamps, check_file, identity_of_etag
 from .hubtypes import RepoRef, is_commit
 
 

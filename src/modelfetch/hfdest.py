@@ -1,4 +1,4 @@
-"""Repo files into the Hugging Face cache (or a `--local-dir`), and their verified stamps.
+"""Repo files into the Hugging Face cache (or a `--local-dir`), verified and never half-written.
 
 `HFCacheDestination` writes exactly what huggingface_hub writes: the partial lives beside the
 blobs (`blobs/<etag>.modelfetch.incomplete`, a name huggingface_hub never resumes from), it is
@@ -6,15 +6,13 @@ written under huggingface_hub's own lock (`.locks/<repo folder>/<etag>.lock`), a
 verified blob is linked from `snapshots/<commit>/<path>`. So modelfetch and huggingface_hub
 running at once on one repo never write one blob twice, and no reader ever meets a broken
 link. A blob that does not match its name is never used and never deleted: it is replaced
-atomically by a verified one. Stamps of verified blobs and local files live in the models
-dir (`.modelfetch/hf-stamps/`), never in the other tool's cache.
+atomically by a verified one. Verified stamps (hfstamps) live in the models dir, never in
+the other tool's cache.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -23,100 +21,29 @@ from pathlib import Path
 from filelock import FileLock
 
 from .destination import ensure_space
-from .errors import StorageError, VerificationError
-from .hashes import Identity, Verified, file_signature
+from .errors import StorageError
+from .hashes import Identity, Verified
 from .hfcache import HFCache
 from .hflocal import LocalDir
+from .hfstamps import Stamps, check_file, identity_of_etag
 from .hubtypes import RepoRef
-from .manifest import write_json_atomic
-from .store import STATE_DIR, Lookup, rehash, storage_error
+from .store import Lookup
 
 log = logging.getLogger(__name__)
 
+# Stamps and the checks live in hfstamps (light enough for `status`); named here as well.
+__all__ = [
+    "CONTROL_SUFFIX",
+    "PARTIAL_SUFFIX",
+    "HFCacheDestination",
+    "LocalDirDestination",
+    "Stamps",
+    "check_file",
+    "identity_of_etag",
+]
+
 PARTIAL_SUFFIX = ".modelfetch.incomplete"
 CONTROL_SUFFIX = ".modelfetch-control.incomplete"
-
-
-def identity_of_etag(etag: str, size: int | None) -> Identity:
-    """What a blob named `etag` must hold: SHA-256 (64 hex) or git-blob SHA-1 (40 hex)."""
-    if len(etag) == 64:
-        return Identity(size=size, sha256=etag, evidence="huggingface")
-    return Identity(size=size, git_sha1=etag, evidence="huggingface")
-
-
-class Stamps:
-    """Verified stamps of files outside the models dir: (size, mtime, inode) at verification,
-    with the SHA-256 and the etag they were checked against."""
-
-    def __init__(self, models_dir: Path) -> None:
-        self.root = models_dir / STATE_DIR / "hf-stamps"
-
-    @staticmethod
-    def blob_key(cache: HFCache, repo_folder: str, etag: str) -> str:
-        return f"blob\0{os.path.abspath(cache.root)}\0{repo_folder}\0{etag}"
-
-    @staticmethod
-    def file_key(path: Path) -> str:
-        return f"file\0{os.path.abspath(path)}"
-
-    def _path(self, key: str) -> Path:
-        return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
-
-    def read(self, key: str, file: Path) -> tuple[Verified, str | None] | None:
-        """The stamp of `file` if it is still the file that was verified."""
-        try:
-            stamp = json.loads(self._path(key).read_text())
-            if tuple(stamp["signature"]) != file_signature(file):
-                return None
-            return Verified(int(stamp["size"]), str(stamp["sha256"])), stamp.get("etag")
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def matches(self, key: str, file: Path, identity: Identity) -> Verified | None:
-        found = self.read(key, file)
-        if found is None:
-            return None
-        verified, etag = found
-        if identity.size is not None and identity.size != verified.size:
-            return None
-        if identity.sha256:
-            return verified if identity.sha256 == verified.sha256 else None
-        if identity.git_sha1:
-            return verified if identity.git_sha1 == etag else None
-        return None
-
-    def write(self, key: str, file: Path, verified: Verified, etag: str | None) -> None:
-        path = self._path(key)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(
-                path,
-                {
-                    "signature": list(file_signature(file)),
-                    "size": verified.size,
-                    "sha256": verified.sha256,
-                    "etag": etag,
-                },
-            )
-        except OSError as exc:  # a stamp only saves time later
-            log.warning("could not write verified stamp %s: %s", path, exc.strerror)
-
-
-def check_file(
-    file: Path, identity: Identity, path: str, stamps: Stamps, key: str, etag: str | None
-) -> tuple[Verified, None] | tuple[None, VerificationError]:
-    """(Verified, None) or (None, error) for `file` against `identity` (stamp, else rehash)."""
-    hit = stamps.matches(key, file, identity)
-    if hit is not None:
-        return hit, None
-    try:
-        verified = rehash(file, identity, path)
-    except VerificationError as exc:
-        return None, exc
-    except OSError as exc:
-        raise storage_error(exc, file) from None
-    stamps.write(key, file, verified, etag)
-    return verified, None
 
 
 class HFCacheDestination:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .hfcache import HFCache
-from .hfdest import Stamps
 from .hfscan import CachedRepo, CachedSnapshot
+from .hfstamps import Stamps
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,9 @@ from .errors import (
 )
 from .hashes import Identity
 from .hfcache import HFCache
-from .hfdest import HFCacheDestination, LocalDirDestination, Stamps, identity_of_etag
+from .hfdest import HFCacheDestination, LocalDirDestination
 from .hflocal import LocalDir
+from .hfstamps import Stamps, identity_of_etag
 from .hubtypes import RepoFile, RepoRef, RepoType, filter_paths, is_commit
 from .results import ModelResult
 
