@@ -327,10 +327,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 # -- the application ---------------------------------------------------------------------
 
 
-def create_app(settings: Settings, *, token: str | None = None) -> web.Application:
+def create_app(
+    settings: Settings, *, token: str | None = None, mirror: bool = False
+) -> web.Application:
     """The service as an aiohttp application (a Fetcher is created at startup).
 
     `token`: when set, requests need `Authorization: Bearer <token>` (see the module doc).
+    `mirror`: also serve the store to other machines (the trustless gateway under /ipfs/).
 
     Example::
 
@@ -365,6 +368,10 @@ def create_app(settings: Settings, *, token: str | None = None) -> web.Applicati
     router.add_post(f"{API}/metrics/downloads/reset", metrics_reset)
     router.add_get(WS_PATH, websocket)
     router.add_get("/metrics", prometheus_metrics)
+    if mirror:  # the trustless IPFS gateway over the store (`serve --mirror`)
+        from .gateway import add_gateway
+
+        add_gateway(app, settings)
 
     app.cleanup_ctx.append(_downloads_lifecycle)
     app.on_shutdown.append(_close_websockets)
