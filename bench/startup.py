@@ -8,6 +8,11 @@ the table shows the median and the fastest wall time, and the median's ratio to
 The warm pull is a catalog model whose 15 files are all in place and verified, so it is
 all cache hits and needs no network: what a script that runs `modelfetch pull` before
 every job pays. `hf --help` is huggingface_hub's command, for comparison.
+
+The repo cases pull a 15-file Hugging Face repo id that is already in an HF cache, from the
+loopback hub (`modelfetch.testing.HubServer`, running in this process): by branch (one
+revision request), by commit and offline (no request); `hf download` of the same repo into
+the same cache is timed beside them.
 """
 
 from __future__ import annotations
@@ -91,7 +96,37 @@ def warm_pull_case(work: Path) -> Case:
     return Case(f"modelfetch pull (warm, {WARM_FILES} files)", [*cli, "pull", WARM_MODEL], env)
 
 
-def cases(work: Path) -> tuple[list[Case], list[str]]:
+WARM_REPO = "bench/warm-repo"
+
+
+def repo_cases(work: Path, hub_url: str, commit: str) -> list[Case]:
+    """`pull org/name` of a repo whose 15 files are in the HF cache, three ways, and `hf
+    download` of it; the first pull fills the cache and is checked to be complete."""
+    cache = work / "hf-hub"
+    env = clean_env(
+        MODELFETCH_HOME=str(work / "repo-models"),
+        HF_ENDPOINT=hub_url,
+        HF_HUB_CACHE=str(cache),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    cli = modelfetch_argv()
+    doc = json.loads(run_checked([*cli, "pull", WARM_REPO, "--json"], env).stdout)
+    if len(doc["models"][0]["files"]) != WARM_FILES or not doc["ok"]:
+        raise SystemExit(f"the repo pull failed: {json.dumps(doc)[:2000]}")
+    label = f"modelfetch pull {WARM_REPO} (warm, {WARM_FILES} files"
+    out = [
+        Case(f"{label}, 1 request)", [*cli, "pull", WARM_REPO], env),
+        Case(f"{label}, --revision sha)", [*cli, "pull", WARM_REPO, "--revision", commit], env),
+        Case(f"{label}, --offline)", [*cli, "pull", WARM_REPO, "--offline"], env),
+    ]
+    hf = Path(sys.executable).parent / "hf"
+    if hf.is_file():
+        out.append(Case(f"hf download {WARM_REPO} (warm)", [str(hf), "download", WARM_REPO], env))
+    return out
+
+
+def cases(work: Path, hub_url: str | None = None, commit: str = "") -> tuple[list[Case], list[str]]:
     """Every case to time, and notes on the ones skipped."""
     cli = modelfetch_argv()
     warm = warm_pull_case(work)
@@ -104,6 +139,8 @@ def cases(work: Path) -> tuple[list[Case], list[str]]:
         warm,
     ]
     notes = []
+    if hub_url is not None:
+        timed.extend(repo_cases(work, hub_url, commit))
     hf = Path(sys.executable).parent / "hf"
     if hf.is_file():
         timed.append(Case("hf --help", [str(hf), "--help"], clean_env()))
@@ -140,10 +177,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="timed runs per case")
     args = parser.parse_args()
+    from modelfetch.testing import HubServer
+
     work = Path(tempfile.mkdtemp(prefix="modelfetch-startup-"))
     try:
-        timed, notes = cases(work)
-        results = {case.label: measure(case, args.runs) for case in timed}
+        with HubServer() as hub:
+            for i in range(WARM_FILES):
+                hub.add_file(WARM_REPO, f"part-{i:02d}.bin", bytes([i]) * (4096 + i))
+            timed, notes = cases(work, hub.url, hub.commit(WARM_REPO))
+            results = {case.label: measure(case, args.runs) for case in timed}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(results, args.runs)

@@ -50,6 +50,7 @@ ATTEMPT_RECORD_KEYS = frozenset(
         "bytes_downloaded",
         "error_type",
         "error_message",
+        "ttfb_ms",
     }
 )
 CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"

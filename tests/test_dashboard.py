@@ -190,8 +190,10 @@ class Serve:
         gateways: list[GatewayServer],
         files: dict[str, bytes],
         token: str | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.dir = tmp_path
+        self.args = args
         self.models_dir = tmp_path / "models"
         config = tmp_path / "config.toml"
         config.write_text(
@@ -212,6 +214,7 @@ class Serve:
         )
         if token is not None:
             env["MODELFETCH_TOKEN"] = token
+        env["HF_HOME"] = str(tmp_path / "hf-home")  # never the user's Hugging Face cache
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -227,7 +230,7 @@ class Serve:
         stderr = self.dir / f"serve-{self.runs}.err"
         with stdout.open("w") as out, stderr.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "modelfetch", "serve", "--port", str(port)],
+                [sys.executable, "-m", "modelfetch", "serve", "--port", str(port), *self.args],
                 env=self.env,
                 stdout=out,
                 stderr=err,
@@ -265,6 +268,7 @@ def serving(
     *,
     token: str | None = None,
     manifest: bool = False,
+    args: tuple[str, ...] = (),
 ) -> Iterator[Serve]:
     """Serve MODEL from `hub` and `gateways` (in that gateway order) with a fresh models dir.
 
@@ -276,7 +280,7 @@ def serving(
         hub.add_file(REPO, path, data)
     for gw in gateways:
         gw.add_directory(CID, files)
-    server = Serve(tmp_path, hub, gateways, files, token)
+    server = Serve(tmp_path, hub, gateways, files, token, args)
     if manifest:
         entries = {p: FileEntry(len(d), hashlib.sha256(d).hexdigest()) for p, d in files.items()}
         Store(server.models_dir).manifest.record_files(MODEL, entries)
@@ -395,6 +399,12 @@ def test_failing_gateway_shows_as_failing_and_retry_succeeds(
             expect(file_row(page, path).locator(".source")).to_have_text(f"ipfs{host(gw1)}")
         expect(failing.locator(".badge")).to_have_text(re.compile("^(down|degraded)$"))
         expect(page.locator(f'#health tr[data-gateway="{gw1.url}"]')).to_be_visible()
+        # Each gateway's score, best first: gw1 delivered after failing, gw2 only failed.
+        ipfs_rows = page.locator('#health section[data-layer="ipfs"] tbody tr')
+        expect(ipfs_rows.first).to_have_attribute("data-gateway", gw1.url)
+        expect(ipfs_rows.first.locator(".score")).to_have_text(re.compile(r"^\d+\.\d$"))
+        expect(failing.locator(".score")).to_have_text(re.compile(r"^\d+\.\d$"))
+        assert_fits_the_screen(page)
         screenshot(page, "retried")
 
 
@@ -466,3 +476,32 @@ def test_token_is_asked_for_and_then_used(
         expect(card(page).locator(".badge.state")).to_have_text("complete")
         page.get_by_role("button", name="Forget token").click()
         expect(page.get_by_label("Access token", exact=True)).to_be_visible()
+
+
+def test_the_mirror_panel_shows_hits_and_misses(
+    browser: Browser, tmp_path: Path, hub: HubServer, gw1: GatewayServer
+) -> None:
+    import huggingface_hub as hf
+
+    with serving(tmp_path, hub, [gw1], args=("--mirror",)) as server:
+        base = server.url.removesuffix("/gm/")
+        for client in ("a", "b"):  # a miss (pulled through), then a hit
+            got = hf.hf_hub_download(
+                REPO, "config.json", cache_dir=tmp_path / client, endpoint=base
+            )
+            assert Path(got).read_bytes() == model_files()["config.json"]
+        with opened(browser, server.url, "mirror") as page:
+            wait_live(page)
+            panel = page.locator("#mirror")
+            expect(panel).to_be_visible()
+            expect(panel).to_contain_text("50 % (1 hits, 1 misses)")
+            expect(panel).to_contain_text(f"HF_ENDPOINT={base}")
+            assert_fits_the_screen(page)
+            screenshot(page, "mirror")
+    (tmp_path / "plain").mkdir()
+    with (
+        serving(tmp_path / "plain", hub, [gw1]) as server,
+        opened(browser, server.url, "plain") as page,
+    ):
+        wait_live(page)
+        expect(page.locator("#mirror")).to_be_hidden()

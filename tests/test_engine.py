@@ -119,7 +119,16 @@ async def test_wrong_bytes_never_reach_the_final_path(world: World) -> None:
         assert not world.final(path).exists()
     assert leftovers(world.models_dir) == []
     err = next(e for e in result.errors if isinstance(e, AllSourcesFailed) and e.path == ONNX)
-    kinds = {(a.layer, a.origin, a.error_type) for a in err.attempts}
+    # Files run concurrently: an origin caught lying about another file first is skipped
+    # for this one, "distrusted" with the mismatch that caught it.
+    kinds = {
+        (
+            a.layer,
+            a.origin,
+            "HashMismatch" if "distrusted: HashMismatch" in a.message else a.error_type,
+        )
+        for a in err.attempts
+    }
     assert ("ipfs", world.gateways[0].url, "HashMismatch") in kinds
     assert ("ipfs", world.gateways[1].url, "HashMismatch") in kinds
     assert ("huggingface", world.hub.url, "HashMismatch") in kinds

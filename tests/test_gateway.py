@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import shutil
 from pathlib import Path
 
 import aiohttp
@@ -204,3 +205,18 @@ async def test_gateway_routes_need_the_token_when_one_is_set(node_a: Served) -> 
         status, _, body = await get(url, headers={"Authorization": "Bearer s3cret-token-for-tests"})
         assert status == 200
         verify_block(node_a.cid, body)
+
+
+async def test_saved_block_indexes_are_used_and_missing_ones_rebuilt(tmp_path: Path) -> None:
+    served = await verified_home(tmp_path / "a")  # publish's prepare saved the indexes
+    dags = StoreDags(served.settings)
+    await dags.refresh(force=True)
+    assert dags.served == {MODEL: Cid.parse(served.cid)}
+    assert dags.indexed_from(MODEL) == "saved block indexes"
+    shutil.rmtree(served.home / ".modelfetch" / "blockindex")  # e.g. verified by SHA-256 only
+    dags = StoreDags(served.settings)
+    async with serving(served.settings, dags=dags) as base:
+        status, _, body = await get(f"{base}/ipfs/{served.cid}/{BIG}")
+        assert (status, body) == (200, served.files[BIG])
+    assert dags.indexed_from(MODEL) == "re-chunked (cid-version-1)"
+    assert any((served.home / ".modelfetch" / "blockindex").iterdir())  # saved for next time

@@ -75,6 +75,32 @@ def test_gateways_check(gw1: GatewayServer) -> None:
     assert found[gw1.url]["ok"] is True and found[gw1.url]["latency_ms"] > 0
     assert found[gw1.url]["trustless"] is False
     assert found[dead]["ok"] is False and "refused" in found[dead]["detail"]
+    assert found[gw1.url]["score"] is None and found[dead]["score"] is None  # never used
     assert gw1.request_count("bafkqaaa") >= 1
     text = run("gateways", "check", env={"MODELFETCH_IPFS_GATEWAYS": dead})
-    assert text.returncode == 1 and "down" in text.stdout
+    assert text.returncode == 1 and "down" in text.stdout and "score     -" in text.stdout
+
+
+def test_gateways_check_shows_the_recorded_scores(gw1: GatewayServer, tmp_path: Path) -> None:
+    from modelfetch.events import AttemptEvent
+    from modelfetch.records import Records
+
+    home = tmp_path / "models"
+    dead = faults.unused_url()
+    with Records(home / ".modelfetch" / "records.sqlite3") as records:
+        for _ in range(3):
+            records.listener(AttemptEvent("m", "f", "ipfs", "error", gateway=dead))
+            records.listener(
+                AttemptEvent(
+                    "m", "f", "ipfs", "success", gateway=gw1.url, latency_ms=20.0,
+                    bytes_downloaded=10_000, ttfb_ms=2.0,
+                )
+            )  # fmt: skip
+    env = {"MODELFETCH_IPFS_GATEWAYS": f"{dead},{gw1.url}", "MODELFETCH_HOME": str(home)}
+    proc = run("gateways", "check", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    found = {g["url"]: g for g in json.loads(proc.stdout)["gateways"]}
+    assert set(found[gw1.url]) == {"url", "ok", "latency_ms", "trustless", "detail", "score"}
+    assert 0 <= found[dead]["score"] < found[gw1.url]["score"] <= 100
+    text = run("gateways", "check", env=env).stdout
+    assert f"score {found[gw1.url]['score']:5.1f}  {gw1.url}" in text

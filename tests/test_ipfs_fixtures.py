@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from conftest import fast_settings, leftovers
+from modelfetch.catalog import IPFSRef, ModelSpec
+from modelfetch.config import Settings
+from modelfetch.engine import Fetcher, ModelResult
 from modelfetch.errors import BadBlock, NoSuchFile
 from modelfetch.ipfs import (
     CIDV1_DEFAULTS,
@@ -18,8 +28,10 @@ from modelfetch.ipfs import (
     Profile,
     UnixFSFileBuilder,
     cid_of_path,
+    fetch_index,
     file_node,
     iter_file,
+    leaf_check,
     read_car,
     read_car_file,
     read_file,
@@ -27,6 +39,11 @@ from modelfetch.ipfs import (
     symlink_node,
 )
 from modelfetch.ipfs.unixfs import NodeType
+from modelfetch.records import Records
+from modelfetch.store import Store
+from modelfetch.testing import GatewayServer, TrustlessGatewayServer
+from modelfetch.testing import trustless as tfaults
+from modelfetch.testing.trustless import MemoryBackend
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ipfs"
 CONFORMANCE = FIXTURES / "gateway-conformance"
@@ -254,3 +271,219 @@ def test_dagnode_reports_cumulative_size_like_the_fixture() -> None:
     node = d.finish_node()
     assert node.cid == store.roots[0]
     assert node.size == total
+
+
+# -- pulled through a loopback trustless gateway serving the fixture CARs ---------------------
+
+HAMT_CAR = TRUSTLESS / "single-layer-hamt-with-multi-block-files.car"
+HAMT_ROOT = "bafybeidbclfqleg2uojchspzd4bob56dqetqjsj27gy2cq3klkkgxtpn4i"
+DIR_ROOT = "bafybeihchr7vmgjaasntayyatmp5sv6xza57iy2h4xj7g46bpjij6yhrmy"
+
+
+def _pull_settings(home: Path, gateways: list[str], cid: str, files: list[str]) -> Settings:
+    base = fast_settings(home, "http://127.0.0.1:9", gateways)
+    spec = ModelSpec(name="fx", dir="org/fx", files=tuple(files), ipfs=IPFSRef(cid))
+    return replace(base, order=("cache", "ipfs"), models={"fx": spec})
+
+
+async def _pull(settings: Settings) -> ModelResult:
+    async with Fetcher(settings) as fetcher:
+        return await fetcher.pull_model("fx")
+
+
+async def test_256_byte_chunks_pull_through_a_trustless_gateway_and_verify(
+    tmp_path: Path,
+) -> None:
+    # multiblock.txt was cut in 256-byte chunks: no profile we know recomputes its CID, so
+    # only the DAG can verify it (a CID recomputed with kubo's chunking rejected it before)
+    backend = MemoryBackend.from_car((UNIXFS / "dir-with-files.car").read_bytes())
+    files = ["multiblock.txt", "hello.txt", "ascii.txt"]
+    with TrustlessGatewayServer(backend) as gateway:
+        settings = _pull_settings(tmp_path / "m", [gateway.url], DIR_ROOT, files)
+        result = await _pull(settings)
+    assert result.ok, result.errors
+    store = MemoryBlockStore.from_car((UNIXFS / "dir-with-files.car").read_bytes())
+    model = settings.models["fx"]
+    disk = Store(settings.models_dir)
+    for rel in files:
+        got = disk.final_path(model, rel).read_bytes()
+        assert got == await read_file(DIR_ROOT, store, path=rel)
+    assert len(disk.final_path(model, "multiblock.txt").read_bytes()) == 1026
+    # the DAG that verified it is kept: every block can be produced again from the file
+    index = disk.load_block_index(model, "multiblock.txt", MULTIBLOCK)
+    assert index is not None and [leaf.length for leaf in index.leaves] == [256] * 4 + [2]
+    final = disk.final_path(model, "multiblock.txt")
+    for cid in index.cids():
+        assert index.read_block_from(cid, final) == store.blocks[cid]
+    assert leftovers(settings.models_dir) == []
+
+
+async def test_files_behind_a_hamt_directory_pull_and_verify(tmp_path: Path) -> None:
+    backend = MemoryBackend.from_car(HAMT_CAR.read_bytes())
+    files = ["1.txt", "500.txt", "1000.txt"]
+    with TrustlessGatewayServer(backend) as gateway:
+        settings = _pull_settings(tmp_path / "m", [gateway.url], HAMT_ROOT, files)
+        result = await _pull(settings)
+        served = len(gateway.served_blocks)
+    assert result.ok, result.errors
+    expected = await read_file(MULTIBLOCK, MemoryBlockStore.from_car(HAMT_CAR.read_bytes()))
+    for rel in files:
+        assert (tmp_path / "m" / "org" / "fx" / rel).read_bytes() == expected
+    assert served < 60, "resolving a name fetches the shards on its path, not all 237"
+
+
+async def test_a_wrong_block_is_rejected_and_the_honest_gateway_used(tmp_path: Path) -> None:
+    car = (UNIXFS / "dir-with-files.car").read_bytes()
+    with (
+        TrustlessGatewayServer(MemoryBackend.from_car(car)) as liar,
+        TrustlessGatewayServer(MemoryBackend.from_car(car)) as honest,
+    ):
+        liar.inject(tfaults.flip_block_byte())
+        settings = _pull_settings(
+            tmp_path / "m", [liar.url, honest.url], DIR_ROOT, ["multiblock.txt"]
+        )
+        result = await _pull(replace(settings, concurrency=1))
+        urls = liar.url, honest.url
+    assert result.ok, result.errors
+    assert {f.gateway for f in result.files} == {urls[1]}
+    with Records(settings.records_path) as records:
+        lies = [r for r in records.attempts() if r["gateway"] == urls[0]]
+    assert [r["error_type"] for r in lies] == ["BadBlock"]
+
+
+async def test_a_wrong_block_from_the_only_gateway_fails_cleanly(tmp_path: Path) -> None:
+    car = (UNIXFS / "dir-with-files.car").read_bytes()
+    with TrustlessGatewayServer(MemoryBackend.from_car(car)) as liar:
+        liar.inject(tfaults.flip_block_byte())
+        settings = _pull_settings(tmp_path / "m", [liar.url], DIR_ROOT, ["multiblock.txt"])
+        result = await _pull(settings)
+    assert not result.ok
+    assert not (tmp_path / "m" / "org" / "fx" / "multiblock.txt").exists()
+    assert "BadBlock" in str(result.errors)
+
+
+async def test_path_gateway_bytes_are_checked_against_the_dag(tmp_path: Path) -> None:
+    car = (UNIXFS / "dir-with-files.car").read_bytes()
+    store = MemoryBlockStore.from_car(car)
+    good = await read_file(DIR_ROOT, store, path="multiblock.txt")
+    bad = bytearray(good)
+    bad[300] ^= 1  # the second 256-byte leaf
+    with (
+        GatewayServer() as liar,
+        GatewayServer() as plain,
+        TrustlessGatewayServer(MemoryBackend.from_car(car)) as meta,
+    ):
+        liar.add_directory(DIR_ROOT, {"multiblock.txt": bytes(bad)})
+        plain.add_directory(DIR_ROOT, {"multiblock.txt": good})
+        gateways = [liar.url, plain.url, meta.url]
+        settings = _pull_settings(tmp_path / "m", gateways, DIR_ROOT, ["multiblock.txt"])
+        result = await _pull(replace(settings, concurrency=1))
+        liar_url = liar.url
+    assert result.ok, result.errors
+    assert (tmp_path / "m" / "org" / "fx" / "multiblock.txt").read_bytes() == good
+    with Records(settings.records_path) as records:
+        rows = [r for r in records.attempts() if r["gateway"] == liar_url]
+    lies = [r for r in rows if r["status"] == "error"]
+    assert lies and lies[0]["error_type"] == "HashMismatch", rows
+    assert "256-512" in lies[0]["error_message"] and "DAG" in lies[0]["error_message"]
+
+
+async def test_a_cid_with_only_path_gateways_is_reported_as_unverifiable(
+    tmp_path: Path,
+) -> None:
+    store = MemoryBlockStore.from_car((UNIXFS / "dir-with-files.car").read_bytes())
+    good = await read_file(DIR_ROOT, store, path="multiblock.txt")
+    with GatewayServer() as plain:
+        plain.add_directory(DIR_ROOT, {"multiblock.txt": good})
+        settings = _pull_settings(tmp_path / "m", [plain.url], DIR_ROOT, ["multiblock.txt"])
+        result = await _pull(settings)
+        asked, url = plain.request_count(), plain.url
+    assert not result.ok
+    (error,) = result.errors
+    text = str(error)
+    assert "no trustless gateway is configured" in text and url in text
+    assert "give the model" not in text and DIR_ROOT in text
+    assert not (tmp_path / "m" / "org" / "fx" / "multiblock.txt").exists()
+    assert asked <= 1  # the probe only: no bytes fetched that could not be checked
+
+
+def test_the_cli_names_the_skipped_ipfs_layer_and_why(tmp_path: Path) -> None:
+    with GatewayServer() as plain:
+        plain.add_directory(DIR_ROOT, {"hello.txt": b"hello world\n"})
+        config = tmp_path / "c.toml"
+        config.write_text(
+            f'[ipfs]\ngateways = ["{plain.url}"]\ntimeout = 2\nretries = 1\npause = 0.05\n'
+            '[models.fx]\ndir = "org/fx"\nfiles = ["hello.txt"]\n'
+            f'ipfs = {{ cid = "{DIR_ROOT}" }}\n'
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELFETCH", "HF_"))}
+        env.update(MODELFETCH_CONFIG=str(config), HF_HOME=str(tmp_path / "hf"))
+        args = [sys.executable, "-m", "modelfetch", "--dir", str(tmp_path / "m"), "pull", "fx"]
+        text = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        js = subprocess.run([*args, "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 1 and "Traceback" not in text.stderr
+    assert "ipfs: skipped:" in text.stderr and "no trustless gateway is configured" in text.stderr
+    assert "give the model" not in text.stderr
+    (error,) = json.loads(js.stdout)["errors"]
+    skipped = [a for a in error["attempts"] if a["layer"] == "ipfs"]
+    assert [a["error_type"] for a in skipped] == ["Skipped"]
+    assert "no trustless gateway is configured" in skipped[0]["message"]
+
+
+async def test_a_kubo_v0_dag_is_indexed_without_its_leaves() -> None:
+    # kubo's CIDv0 file of three 1 KiB dag-pb leaves, the middle one missing from the CAR:
+    # indexing needs the root only (the leaves are known by their links' Tsize)
+    car = (TRUSTLESS / "file-3k-and-3-blocks-missing-block.car").read_bytes()
+    store = MemoryBlockStore.from_car(car)
+    root = "QmYhmPjhFjYFyaoiuNzYv8WGavpSRDwdHWe5B4M5du5Rtk"
+    index = await fetch_index(store, root)
+    assert [(leaf.offset, leaf.length, leaf.kind) for leaf in index.leaves] == [
+        (0, 1024, "pb"),
+        (1024, 1024, "pb"),
+        (2048, 1024, "pb"),
+    ]
+    assert str(index.leaves[1].cid) == "QmSNLTo6Wv9dfroVaw7MFYjLqf9ho7PKrgsjdzYDtv8h1W"
+    first = await anext(aiter(iter_file(root, store)))
+    assert len(first) == 1024 and leaf_check(index, 0, first) == []
+    last = b"".join([p async for p in iter_file(root, store, offset=2048)])
+    assert leaf_check(index, 2048, last) == []
+    assert leaf_check(index, 2048, last[:-1] + b"?") == [(2048, 3072)]
+    assert index.tsize == sum(len(b) for b in store.blocks.values()) + 1035  # + the missing
+
+
+async def test_the_dag_names_the_leaf_a_lying_origin_sent(tmp_path: Path) -> None:
+    # A 3 MiB file known only by its CID, its ranges spread over two path gateways and the
+    # trustless one; one path gateway flips a byte in the first body it sends. The file's
+    # DAG says which 256 KiB leaf is wrong: only that leaf is fetched again to name the liar.
+    import random
+
+    from modelfetch.config import TransferSettings
+    from modelfetch.testing import faults
+
+    data = random.Random(12).randbytes(3 << 20)
+    backend = MemoryBackend()
+    root = str(backend.add_files({"w.bin": data}, CIDV1_DEFAULTS))
+    with (
+        GatewayServer() as liar,
+        GatewayServer() as honest,
+        TrustlessGatewayServer(backend) as meta,
+    ):
+        for gw in (liar, honest):
+            gw.add_directory(root, {"w.bin": data})
+        liar.inject(faults.wrong_bytes(), times=1)
+        settings = _pull_settings(tmp_path / "m", [liar.url, honest.url, meta.url], root, ["w.bin"])
+        many = TransferSettings(connections=6, min_segment=512 << 10, min_steal=256 << 10)
+        result = await _pull(replace(settings, transfer=many))
+        liar_url, lied = liar.url, liar.request_count()
+    assert result.ok, result.errors
+    assert (tmp_path / "m" / "org" / "fx" / "w.bin").read_bytes() == data
+    with Records(settings.records_path) as records:
+        rows = [r for r in records.attempts() if r["gateway"] == liar_url]
+    named = [r["error_message"] for r in rows if r["status"] == "error"]
+    assert lied and named, "the liar sent bytes and was named"
+
+    assert "DAG" in named[0] and "the wrong bytes were at" in named[0]
+    found = re.search(r"the wrong bytes were at ([\d,]+)-([\d,]+)", named[0])
+    assert found is not None
+    start, end = (int(g.replace(",", "")) for g in found.groups())
+    assert 0 < end - start <= 256 << 10, named[0]  # within one leaf, not the liar's whole range

@@ -262,15 +262,6 @@ def test_directory_rejects_file_dir_conflicts_and_duplicates() -> None:
         d.add("a", file_node(b"3"))
 
 
-def test_directory_too_big_for_a_basic_node_is_refused() -> None:
-    d = DirectoryBuilder()
-    node = file_node(b"")
-    for i in range(1200):  # 1200 x (200 + 34) bytes of links > 256 KiB
-        d.add(f"{i:0200d}", node)
-    with pytest.raises(ValueError, match="shard"):
-        d.finish()
-
-
 def test_cid_of_path_file_dir_hidden_and_symlink(tmp_path: Path) -> None:
     root = tmp_path / "model"
     (root / "onnx").mkdir(parents=True)

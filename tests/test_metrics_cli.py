@@ -14,6 +14,7 @@ from conftest import ATTEMPT_RECORD_KEYS
 from modelfetch.cli import main
 from modelfetch.events import AttemptEvent
 from modelfetch.records import Records
+from modelfetch.scores import Scores
 
 GW1 = "https://gw-one.example"
 GW2 = "https://gw-two.example"
@@ -158,12 +159,23 @@ def test_summary(models_dir: Path) -> None:
     assert "1 file(s) failed on every layer" in table.stdout
 
 
+SCORE_KEYS = ("score", "ttfb_ms", "throughput_bps")
+
+
 def test_health(models_dir: Path) -> None:
     doc = json_of(run(models_dir, "metrics", "health", "--json"))
     with records_of(models_dir) as records:
-        assert doc == records.health()
+        health = records.health()
+        scores = Scores.load(records).snapshot()
+    # The API's report, each gateway with its score added (keys added, none renamed).
+    for layer in ("ipfs", "huggingface"):
+        for url, gw in doc[layer]["gateways"].items():
+            assert {k: gw.pop(k) for k in SCORE_KEYS} == {k: scores[url][k] for k in SCORE_KEYS}
+    assert doc == health
     assert set(doc) >= {"ipfs", "huggingface", "cache"}
     assert isinstance(doc["ipfs"]["success_rate"], float)
+    assert scores[GW2]["score"] > scores[GW1]["score"]  # GW1's last try failed
+    assert scores[GW2]["throughput_bps"] == round(4096 / 0.120)
 
     table = run(models_dir, "metrics", "health")
     assert table.exit_code == 0
@@ -172,6 +184,9 @@ def test_health(models_dir: Path) -> None:
     assert rows["ipfs"][2] == f"{doc['ipfs']['success_rate']:.1f}"
     assert rows[GW1][1] == doc["ipfs"]["gateways"][GW1]["status"]
     assert rows[HUB][1] == doc["huggingface"]["gateways"][HUB]["status"]
+    assert "score" in table.stdout.splitlines()[0]
+    assert rows[GW1][-1] == f"{scores[GW1]['score']:.1f}"
+    assert rows[GW2][-1] == f"{scores[GW2]['score']:.1f}"
     assert f"cache hit rate {doc['cache']['hit_rate']:.1f} %" in table.stdout
 
 

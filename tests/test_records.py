@@ -121,13 +121,83 @@ def test_migrates_an_older_version_keeping_rows(
 ) -> None:
     with Records(db_path) as old:
         emit(old, attempt("ipfs", "success", gateway=IPFS, latency=5))
-    assert sql(db_path, "PRAGMA user_version") == [(1,)]
-    v2 = ("ALTER TABLE attempts ADD COLUMN note TEXT", "UPDATE attempts SET note = 'migrated'")
-    monkeypatch.setattr(records_mod, "MIGRATIONS", [*MIGRATIONS, v2])
+    latest = len(MIGRATIONS)
+    assert sql(db_path, "PRAGMA user_version") == [(latest,)]
+    step = ("ALTER TABLE attempts ADD COLUMN note TEXT", "UPDATE attempts SET note = 'migrated'")
+    monkeypatch.setattr(records_mod, "MIGRATIONS", [*MIGRATIONS, step])
     with Records(db_path) as new:
         assert new.attempts()[0]["gateway"] == IPFS
-    assert sql(db_path, "PRAGMA user_version") == [(2,)]
+    assert sql(db_path, "PRAGMA user_version") == [(latest + 1,)]
     assert sql(db_path, "SELECT note FROM attempts") == [("migrated",)]
+
+
+def test_a_version_1_database_is_migrated_in_place(db_path: Path) -> None:
+    """A records file of the first released schema: rows kept (ids too), new columns empty,
+    the widened status constraint in force, the scores' index there."""
+    db_path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db_path)
+    for step in MIGRATIONS[0]:
+        conn.execute(step)
+    conn.execute(
+        "INSERT INTO attempts (id, ts_ms, timestamp, model, file, layer, gateway, status,"
+        " latency_ms, bytes_downloaded) VALUES (7, ?, '2026-01-01T00:00:00.000Z', 'm', 'f',"
+        " 'ipfs', ?, 'success', 12.5, 100)",
+        (int(time.time() * 1000), IPFS),
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # version 1 refuses the new status
+        conn.execute(
+            "INSERT INTO attempts (ts_ms, timestamp, model, file, status)"
+            " VALUES (0, '', 'm', 'f', 'skipped')"
+        )
+    conn.close()
+
+    with Records(db_path) as records:
+        assert sql(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+        (row,) = records.attempts()
+        assert row["gateway"] == IPFS and row["latency_ms"] == 12.5 and row["ttfb_ms"] is None
+        emit(
+            records,
+            attempt("ipfs", "skipped", gateway=DWEB, error_message="down: refused"),
+            attempt("ipfs", "success", gateway=DWEB, latency=3.0, ttfb_ms=1.5),
+        )
+        assert records.dropped_events == 0
+        assert [r["status"] for r in records.attempts()] == ["success", "skipped", "success"]
+        assert records.attempts()[0]["ttfb_ms"] == 1.5
+        summary = records.summary()
+        assert summary["skipped"] == 1 and summary["total"] == 2  # tries only
+        assert records.health()["ipfs"]["attempts"] == 2
+    assert sql(db_path, "SELECT id FROM attempts WHERE gateway = ?", IPFS) == [(7,)]
+    indexes = {r[0] for r in sql(db_path, "SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"attempts_by_time", "attempts_by_layer", "attempts_by_gateway"} <= indexes
+    tables = {r[0] for r in sql(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "attempts_v2" not in tables
+    assert sql(db_path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_a_table_rebuild_that_fails_halfway_leaves_version_1_whole(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db_path)
+    for step in MIGRATIONS[0]:
+        conn.execute(step)
+    conn.execute(
+        "INSERT INTO attempts (ts_ms, timestamp, model, file, status) VALUES (1, 't', 'm', 'f',"
+        " 'hit')"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    before = sql(db_path, "SELECT * FROM sqlite_master ORDER BY name")
+    broken = (*MIGRATIONS[1], "THIS IS NOT SQL")  # fails after the old table is dropped
+    monkeypatch.setattr(records_mod, "MIGRATIONS", [MIGRATIONS[0], broken])
+    with pytest.raises(StorageError, match="migration"):
+        Records(db_path)
+    assert sql(db_path, "PRAGMA user_version") == [(1,)]
+    assert sql(db_path, "SELECT * FROM sqlite_master ORDER BY name") == before
+    assert sql(db_path, "SELECT status FROM attempts") == [("hit",)]
 
 
 def test_a_failing_migration_changes_nothing(
@@ -138,7 +208,7 @@ def test_a_failing_migration_changes_nothing(
     monkeypatch.setattr(records_mod, "MIGRATIONS", [*MIGRATIONS, broken])
     with pytest.raises(StorageError, match="migration"):
         Records(db_path)
-    assert sql(db_path, "PRAGMA user_version") == [(1,)]
+    assert sql(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     columns = [row[1] for row in sql(db_path, "PRAGMA table_info(attempts)")]
     assert "note" not in columns
 

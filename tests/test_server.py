@@ -205,6 +205,9 @@ async def test_download_streams_events_to_every_client_and_metrics_follow(
     assert health["ipfs"]["success_rate"] == 100.0 and health["ipfs"]["status"] == "healthy"
     assert {"status", "success_rate", "avg_latency_ms"} <= set(health["huggingface"])
     assert "hit_rate" in health["cache"]
+    served = health["ipfs"]["gateways"][world.gateways[0].url]
+    assert {"status", "success_rate", "avg_latency_ms", "p95_latency_ms", "attempts"} <= set(served)
+    assert 0 < served["score"] <= 100 and served["ttfb_ms"] > 0 and served["throughput_bps"] > 0
 
     prom = await client.get("/metrics")
     assert prom.status == 200 and prom.content_type == "text/plain"

@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .catalog import HuggingFaceRef, IPFSRef, ModelSpec
     from .config import Settings, load_settings
-    from .engine import Fetcher, FileResult, ModelResult
+    from .engine import Fetcher
     from .errors import (
         AllSourcesFailed,
         ConfigError,
+        InvalidRepoId,
         ModelfetchError,
+        NoMatchingFiles,
+        NotCached,
         SourceError,
         StorageError,
         UnknownModel,
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
         VerificationError,
     )
     from .events import AttemptEvent, Listener, ProgressEvent
+    from .hubtypes import RepoType
+    from .results import FileResult, ModelResult
 
 __version__ = "0.1.0"
 
@@ -33,9 +38,12 @@ __all__ = [
     "FileResult",
     "HuggingFaceRef",
     "IPFSRef",
+    "InvalidRepoId",
     "ModelResult",
     "ModelSpec",
     "ModelfetchError",
+    "NoMatchingFiles",
+    "NotCached",
     "ProgressEvent",
     "Settings",
     "SourceError",
@@ -57,10 +65,13 @@ _EXPORTS = {
     "Settings": ".config",
     "load_settings": ".config",
     "Fetcher": ".engine",
-    "FileResult": ".engine",
-    "ModelResult": ".engine",
+    "FileResult": ".results",
+    "ModelResult": ".results",
     "AllSourcesFailed": ".errors",
     "ConfigError": ".errors",
+    "InvalidRepoId": ".errors",
+    "NoMatchingFiles": ".errors",
+    "NotCached": ".errors",
     "ModelfetchError": ".errors",
     "SourceError": ".errors",
     "StorageError": ".errors",
@@ -93,26 +104,66 @@ async def apull(
     prefer: str | None = None,
     settings: Settings | None = None,
     listeners: Iterable[Listener] = (),
+    revision: str | None = None,
+    repo_type: RepoType = "model",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
 ) -> list[ModelResult]:
-    """Pull one or more models; each result lists its files (path, size, sha256, source, gateway).
+    """Pull catalog models or Hugging Face repos; each result lists its files (path, size,
+    sha256, source, gateway), and for a repo its `snapshot` dir and `commit`.
+
+    A name that is not a catalog model and has the form `org/name` is a Hugging Face repo:
+    its files (`include`/`exclude` fnmatch globs, as `hf download`) at `revision` (branch,
+    tag or commit; default "main") go into the Hugging Face cache (`cache_dir`, else
+    HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub) in huggingface_hub's own layout, or
+    plain into `local_dir`. `offline=True` (or HF_HUB_OFFLINE=1) sends no request at all.
 
     Example::
 
         results = await modelfetch.apull("whisper-base")
         for f in results[0].files:
             print(f.path, f.source, f.gateway)
+        [repo] = await modelfetch.apull("org/name", include=["*.json"])
+        print(repo.snapshot, repo.commit)
 
     A file that no source could deliver is reported in `ModelResult.errors`
     (an AllSourcesFailed naming every attempt); nothing unverified is installed.
     """
-    from .config import load_settings
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .config import hf_cache_dir, load_settings
     from .engine import Fetcher
+    from .repos import RepoOptions, pull_names
 
     names = [models] if isinstance(models, str) else list(models)
     if settings is None:
-        settings = load_settings(config_file=config, models_dir=models_dir, prefer=prefer)
+        settings = load_settings(
+            config_file=config,
+            models_dir=models_dir,
+            prefer=prefer,
+            cache_dir=cache_dir,
+            offline=offline,
+        )
+    else:
+        hf = settings.huggingface
+        if cache_dir is not None:
+            hf = replace(hf, cache_dir=hf_cache_dir(os.environ, cache_dir))
+        if offline is not None:
+            hf = replace(hf, offline=offline)
+        settings = replace(settings, huggingface=hf).preferring(prefer)
+    options = RepoOptions(
+        revision=revision,
+        repo_type=repo_type,
+        include=tuple(include),
+        exclude=tuple(exclude),
+        local_dir=Path(local_dir).expanduser() if local_dir is not None else None,
+    )
     async with Fetcher(settings, listeners=listeners) as fetcher:
-        return await fetcher.pull(names)
+        return await pull_names(fetcher, names, options)
 
 
 def pull(
@@ -123,8 +174,18 @@ def pull(
     prefer: str | None = None,
     settings: Settings | None = None,
     listeners: Iterable[Listener] = (),
+    revision: str | None = None,
+    repo_type: RepoType = "model",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
 ) -> list[ModelResult]:
-    """Blocking form of `apull` (runs its own event loop)."""
+    """Blocking form of `apull`, with the same arguments (runs its own event loop)::
+
+    [repo] = modelfetch.pull("org/name", include=["*.json"], revision="main")
+    """
     import asyncio
 
     return asyncio.run(
@@ -135,5 +196,12 @@ def pull(
             prefer=prefer,
             settings=settings,
             listeners=listeners,
+            revision=revision,
+            repo_type=repo_type,
+            include=include,
+            exclude=exclude,
+            cache_dir=cache_dir,
+            local_dir=local_dir,
+            offline=offline,
         )
     )

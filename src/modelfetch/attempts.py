@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from .catalog import ModelSpec
-from .errors import Attempt, ModelfetchError, error_type
+from .errors import Attempt, HashMismatch, ModelfetchError, error_type
 from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent, ProgressMeter, now_ms
 from .sources.base import Origin
+
+if TYPE_CHECKING:
+    from .transfer import Delivered, OriginTally, RunState, Verdict, WrongBytes
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +43,20 @@ class FileLog:
         self._emit(event)
 
     def skipped(self, layer: Layer, origin: str | None, reason: str) -> None:
-        """A layer or origin that was not asked, and why (only in the failure report)."""
+        """A layer or origin that was not asked, and why: in the failure report, and a
+        `skipped` attempt event (recorded; scores and health leave it out)."""
         self.attempts.append(Attempt(layer, origin, "Skipped", reason))
+        self._emit(
+            AttemptEvent(
+                self.model.name,
+                self.path,
+                layer,
+                "skipped",
+                gateway=origin,
+                error_type="Skipped",
+                error_message=reason,
+            )
+        )
 
     def failed(
         self,
@@ -160,3 +177,59 @@ class FileLog:
                 timestamp=now_ms(),
             )
         )
+
+
+def blame(
+    wrong: WrongBytes,
+    origins: Sequence[Origin],
+    file_log: FileLog,
+    run: RunState,
+    started: float,
+) -> None:
+    """Bytes that failed verification and no single liar: every sender is suspect."""
+    for origin in origins:
+        if origin.base_url not in wrong.contributors:
+            continue
+        file_log.failed(origin.layer, origin.base_url, wrong.error, started)
+        if getattr(origin, "distrustable", True):
+            run.distrust(origin.base_url, f"{type(wrong.error).__name__}: {wrong.error}")
+    if None in wrong.contributors:
+        log.info("bytes kept from an earlier run were part of a file that failed: discarded")
+
+
+def report_liar(
+    verdict: Verdict, candidates: Sequence[Origin], file_log: FileLog, started: float
+) -> None:
+    """The origin found to have sent wrong bytes (and fetched again elsewhere) gets its row."""
+    liar = next((o for o in candidates if o.base_url == verdict.liar), None)
+    if verdict.liar is None or liar is None:
+        return
+    ranges = ", ".join(f"{s:,}-{e:,}" for s, e in verdict.wrong_ranges[:3])
+    file_log.failed(
+        liar.layer,
+        liar.base_url,
+        HashMismatch(
+            f"{verdict.failure}; the wrong bytes were at {ranges}, from this origin "
+            f"(found by fetching them again from {verdict.referee.base_url}): "
+            "not asked again in this run"
+        ),
+        started,
+    )
+
+
+def report_senders(delivered: Delivered, file_log: FileLog) -> list[OriginTally]:
+    """A success row for each origin with bytes in the file from a request that completed
+    (a liar's bytes are not on disk any more); the origins used, most bytes on disk first."""
+    on_disk = delivered.on_disk
+    used = sorted(delivered.tallies.values(), key=lambda t: -on_disk.get(t.origin.base_url, 0))
+    for tally in used:
+        completed = tally.bytes - tally.failed_bytes  # the failed requests have their rows
+        if on_disk.get(tally.origin.base_url) and completed > 0:
+            file_log.succeeded(
+                tally.origin.layer,
+                tally.origin.base_url,
+                tally.busy_s * 1000,
+                completed,
+                tally.first_byte_ms,
+            )
+    return used

@@ -13,24 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-from .attempts import FileLog
+from .attempts import FileLog, blame, report_liar, report_senders
+from .cachecheck import from_destination, from_hf_cache
 from .catalog import ModelSpec
 from .config import Settings, load_settings
+from .destination import Destination, ModelsDir
 from .errors import (
     DOWN_EARLIER,
     AllSourcesFailed,
     Attempt,
-    HashMismatch,
     ModelfetchError,
+    NotCached,
     SourceError,
     StorageError,
     VerificationError,
@@ -40,58 +39,17 @@ from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent
 from .hashes import Digests, Identity
 from .httpclient import Client
 from .records import Records
+from .results import FileResult, ModelResult
+from .scores import Scores
 from .sources.base import FileRequest, Origin, Source
 from .store import Store, stream_checks
-from .transfer import NoOrigin, PartialFile, RunState, WrongBytes, fetch
+from .transfer import NoOrigin, PartialFile, RunState, WrongBytes, fetch, limit_malloc_arenas
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Fetcher", "FileResult", "ModelResult", "open_records"]
+
 EVIDENCE_RANK = {"huggingface": 0, "ipfs": 1}
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """A file that is in place and verified, and where its bytes came from."""
-
-    path: str
-    local_path: Path
-    size: int
-    sha256: str
-    source: Layer
-    gateway: str | None
-    bytes_downloaded: int
-    # (layer, base URL, bytes of the file it sent) of each origin whose bytes are in the file
-    origins: tuple[tuple[Layer, str, int], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "path": self.path,
-            "size": self.size,
-            "sha256": self.sha256,
-            "source": self.source,
-            "gateway": self.gateway,
-            "bytes_downloaded": self.bytes_downloaded,
-        }
-        if len(self.origins) > 1:
-            out["origins"] = [
-                {"source": layer, "gateway": base, "bytes_downloaded": n}
-                for layer, base, n in self.origins
-            ]
-        return out
-
-
-@dataclass
-class ModelResult:
-    """The outcome of pulling one model: files in place, and errors for the rest."""
-
-    name: str
-    dir: Path
-    files: list[FileResult] = field(default_factory=list)
-    errors: list[ModelfetchError] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 class Fetcher:
@@ -109,7 +67,7 @@ class Fetcher:
         records: Records | bool = True,
     ) -> None:
         """`records=True` keeps a record of every attempt in the models dir (False: none)."""
-        _limit_malloc_arenas()
+        limit_malloc_arenas()
         self.settings = settings or load_settings()
         self.store = Store(self.settings.models_dir)
         self._listeners: list[Listener] = list(listeners)
@@ -117,6 +75,8 @@ class Fetcher:
         self.records = open_records(self.settings) if records is True else records or None
         if self.records is not None:
             self._listeners.append(self.records.listener)
+        self.scores = Scores.load(self.records)  # what earlier runs learnt of each origin
+        self._listeners.append(self.scores.listener)  # and what this one learns
         self._given_sources = sources
         self._built_sources: dict[str, Source] | None = None
         self._client: Client | None = None
@@ -194,16 +154,29 @@ class Fetcher:
         return [await self.pull_model(spec, run=run) for spec in specs]
 
     async def pull_model(
-        self, model: ModelSpec | str, *, run: RunState | None = None
+        self,
+        model: ModelSpec | str,
+        *,
+        run: RunState | None = None,
+        destination: Destination | None = None,
+        identities: Mapping[str, Identity] | None = None,
     ) -> ModelResult:
+        """Get every file of `model` into `destination` (default: the models dir).
+
+        `identities`: what each file must be, when the caller already knows (a hub listing).
+        """
         spec = self.settings.model(model) if isinstance(model, str) else model
         run = run or RunState()
+        dest = destination or ModelsDir(self.store, spec)
+        known = identities or {}
         result = ModelResult(spec.name, self.settings.models_dir / spec.dir)
         done = [0]
 
         async def one(path: str) -> FileResult:
             async with self._slots:
-                got = await self.fetch_file(spec, path, done=done, run=run)
+                got = await self.fetch_file(
+                    spec, path, done=done, run=run, identity=known.get(path), destination=dest
+                )
             done[0] += 1
             return got
 
@@ -238,17 +211,22 @@ class Fetcher:
         done: list[int] | None = None,
         run: RunState | None = None,
         identity: Identity | None = None,
+        destination: Destination | None = None,
     ) -> FileResult:
         """Get one file; concurrent requests for the same file share one download.
 
         `identity`: what the file must be, when the caller already knows (a hub listing).
+        `destination`: where it goes (default: the models dir's layout).
         """
-        final = self.store.final_path(model, path)
+        dest = destination or ModelsDir(self.store, model)
+        final = dest.final_path(path)
         task = self._inflight.get(final)
         if task is None:
             file_log = FileLog(self._emit, model, path, done or [0])
             task = asyncio.ensure_future(
-                self._fetch_once(model, path, file_log, run or RunState(), identity or Identity())
+                self._fetch_once(
+                    model, path, file_log, run or RunState(), identity or Identity(), dest
+                )
             )
             self._inflight[final] = task
             task.add_done_callback(lambda _t: self._inflight.pop(final, None))
@@ -261,18 +239,24 @@ class Fetcher:
             ) from None
 
     async def _fetch_once(
-        self, model: ModelSpec, path: str, file_log: FileLog, run: RunState, known: Identity
+        self,
+        model: ModelSpec,
+        path: str,
+        file_log: FileLog,
+        run: RunState,
+        known: Identity,
+        dest: Destination,
     ) -> FileResult:
         request = FileRequest(model, path, await self._model_cid(model), known)
-        hit = await self._cached_by_manifest(request, file_log)
+        hit = await self._cached_quick(request, file_log, dest)
         if hit is not None:
             return hit
         # Everything past here may touch the network or the final path: one process at a time
         # per file. A process that waited finds the file installed and verified by the other.
-        lock = self.store.file_lock(model, path)
+        lock = dest.lock(path)
         await self.store.acquire(lock, self.settings.wait_timeout)
         try:
-            return await self._through_layers(request, file_log, run)
+            return await self._through_layers(request, file_log, run, dest)
         finally:
             await asyncio.to_thread(lock.release)
 
@@ -285,30 +269,38 @@ class Fetcher:
             cid = await asyncio.to_thread(self.records.cid_for_model, model.name)
         return cid
 
-    async def _cached_by_manifest(
-        self, request: FileRequest, file_log: FileLog
+    async def _cached_quick(
+        self, request: FileRequest, file_log: FileLog, dest: Destination
     ) -> FileResult | None:
-        """Fast path: a file the manifest vouches for, verified in place (no lock, no network)."""
+        """Fast path: a file whose identity is known without the network (the manifest, a
+        hub listing), verified in place (no lock, no network)."""
         if "cache" not in self.settings.order:
             return None
-        entry = await asyncio.to_thread(self.store.manifest.entry, request.model.name, request.path)
-        if entry is None:
+        identity = await asyncio.to_thread(dest.known_identity, request.path, request.identity)
+        if identity is None:
             return None
-        identity = Identity(entry.size, entry.sha256, evidence="manifest")
-        return await self._from_cache(request, identity, file_log, final=False)
+        return await from_destination(request, identity, file_log, dest, final=False)
 
     async def _through_layers(
-        self, request: FileRequest, file_log: FileLog, run: RunState
+        self, request: FileRequest, file_log: FileLog, run: RunState, dest: Destination
     ) -> FileResult:
         model, path = request.model, request.path
         identity = await self._settle_identity(request, file_log, run)
         if "cache" in self.settings.order:
-            hit = await self._from_cache(request, identity, file_log)
+            hit = await from_destination(request, identity, file_log, dest)
+            if hit is None:
+                hit = await from_hf_cache(self.settings, request, identity, file_log, dest)
             if hit is not None:
                 return hit
+        if self.settings.huggingface.offline:
+            raise NotCached(
+                f"{model.name}: {path} is not on disk (models dir {self.settings.models_dir}, "
+                f"Hugging Face cache {self.settings.huggingface.cache_dir}), and offline mode "
+                "(--offline or HF_HUB_OFFLINE) allows no download: pull it once online"
+            )
         candidates = self._candidates(request, identity, file_log, run)
         if candidates:
-            got = await self._transfer(request, identity, candidates, file_log, run)
+            got = await self._transfer(request, identity, candidates, file_log, run, dest)
             if got is not None:
                 return got
         file_log.emit(
@@ -338,8 +330,8 @@ class Fetcher:
         entry = await asyncio.to_thread(self.store.manifest.entry, request.model.name, request.path)
         if entry is not None:
             return Identity(entry.size, entry.sha256, evidence="manifest")
-        if identity.verifiable:
-            return identity
+        if identity.verifiable or self.settings.huggingface.offline:
+            return identity  # offline: no metadata request either
         ranked = sorted(self._sources.values(), key=lambda s: EVIDENCE_RANK.get(s.layer, 9))
         for source in ranked:
             for origin in source.origins(request):
@@ -382,70 +374,19 @@ class Fetcher:
                 file_log.skipped(layer, None, source.why_none(request))
                 continue
             usable = []
-            for origin in run.rank(origins):
+            ranked = sorted(self.scores.rank(origins, key=_base_url), key=_is_fallback)
+            for origin in run.rank(ranked):
                 reason = run.skip_reason(origin.base_url)
                 if reason is None:
                     usable.append(origin)
                 elif not any(a.origin == origin.base_url for a in file_log.attempts):
                     file_log.skipped(layer, origin.base_url, reason + DOWN_EARLIER)
             if usable and not identity.verifiable:
-                file_log.skipped(layer, None, _unverifiable_reason(layer, file_log.attempts))
+                reason = _unverifiable_reason(layer, file_log.attempts, request, self._sources)
+                file_log.skipped(layer, None, reason)
                 continue
             candidates.extend(usable)
         return candidates
-
-    async def _from_cache(
-        self,
-        request: FileRequest,
-        identity: Identity,
-        file_log: FileLog,
-        *,
-        final: bool = True,
-    ) -> FileResult | None:
-        """The cache layer. With `final=False` (a quick look) a miss is silent, moves nothing."""
-        model, path = request.model, request.path
-        started = time.monotonic()
-        if not identity.verifiable:
-            present = self.store.final_path(model, path).is_file()
-            kind = "Unverifiable" if present else "CacheMiss"
-            message = "present, but nothing to verify it against" if present else "not on disk"
-            if present:
-                file_log.attempts.append(Attempt("cache", None, kind, message))
-            file_log.emit(
-                AttemptEvent(
-                    model.name, path, "cache", "error", error_type=kind, error_message=message
-                )
-            )
-            return None
-        found = await self.store.lookup(model, path, identity, move_corrupt=final)
-        latency = (time.monotonic() - started) * 1000
-        if found.status == "hit" and found.verified is not None:
-            size, sha256 = found.verified.size, found.verified.sha256
-            file_log.emit(AttemptEvent(model.name, path, "cache", "hit", latency_ms=latency))
-            file_log.emit(
-                ProgressEvent(
-                    model.name, path, "cache", "success", bytes_downloaded=size, total_bytes=size
-                )
-            )
-            return FileResult(path, found.path, size, sha256, "cache", None, 0)
-        if not final:
-            return None
-        kind = found.error_type or "CacheMiss"
-        message = found.reason or "not in the models dir"
-        file_log.emit(
-            AttemptEvent(
-                model.name,
-                path,
-                "cache",
-                "error",
-                latency_ms=latency,
-                error_type=kind,
-                error_message=message,
-            )
-        )
-        if found.status == "corrupt":
-            file_log.attempts.append(Attempt("cache", None, kind, f"{message} (moved to .bak)"))
-        return None
 
     async def _transfer(
         self,
@@ -454,12 +395,13 @@ class Fetcher:
         candidates: list[Origin],
         file_log: FileLog,
         run: RunState,
+        dest: Destination,
     ) -> FileResult | None:
         model, path = request.model, request.path
-        data, control = self.store.partial_paths(model, path)
+        data, control = dest.partial_paths(path)
         partial = PartialFile(data, control, f"{model.dir}/{path}")
         if identity.size is not None:
-            self.store.ensure_space(data, identity.size)
+            dest.ensure_space(data, identity.size)
 
         def fresh() -> Digests:
             return Digests(identity, stream_checks(path), name=f"{model.name}/{path}")
@@ -490,42 +432,21 @@ class Fetcher:
                     self._note_cid_fetches(request, left, run)
                     return None
                 except WrongBytes as wrong:
-                    self._blame(wrong, left, file_log, run, started)
+                    blame(wrong, left, file_log, run, started)
                     excluded.update(wrong.contributors)
         finally:
             ticker.cancel()
         verdict = delivered.verdict
-        if verdict is not None and verdict.liar is not None:
-            liar = next((o for o in candidates if o.base_url == verdict.liar), None)
-            if liar is not None:
-                ranges = ", ".join(f"{s:,}-{e:,}" for s, e in verdict.wrong_ranges[:3])
-                file_log.failed(
-                    liar.layer,
-                    liar.base_url,
-                    HashMismatch(
-                        f"{verdict.failure}; the wrong bytes were at {ranges}, from this origin "
-                        f"(found by fetching them again from {verdict.referee.base_url}): "
-                        "not asked again in this run"
-                    ),
-                    started,
-                )
+        if verdict is not None:
+            report_liar(verdict, candidates, file_log, started)
         final = await asyncio.to_thread(
-            self.store.install, model, path, partial.data, partial.control, delivered.verified
+            dest.install, path, partial.data, partial.control, delivered.verified
         )
+        if identity.dag is not None and isinstance(dest, ModelsDir):
+            # the DAG that verified the file: its blocks can be served from it
+            await asyncio.to_thread(self.store.save_block_index, model, path, identity.dag)
         on_disk = delivered.on_disk
-        used = sorted(delivered.tallies.values(), key=lambda t: -on_disk.get(t.origin.base_url, 0))
-        for tally in used:
-            completed = tally.bytes - tally.failed_bytes  # the failed requests have their rows
-            # A success row for each origin with bytes in the file from a request that
-            # completed (a liar's bytes are not on disk any more).
-            if on_disk.get(tally.origin.base_url) and completed > 0:
-                file_log.succeeded(
-                    tally.origin.layer,
-                    tally.origin.base_url,
-                    tally.busy_s * 1000,
-                    completed,
-                    tally.first_byte_ms,
-                )
+        used = report_senders(delivered, file_log)
         self._note_cid_fetches(request, [t.origin for t in used if t.bytes], run, ok=True)
         main = used[0].origin if used else first
         fetched = sum(t.bytes for t in used)
@@ -545,24 +466,6 @@ class Fetcher:
             ),
         )
 
-    def _blame(
-        self,
-        wrong: WrongBytes,
-        origins: Sequence[Origin],
-        file_log: FileLog,
-        run: RunState,
-        started: float,
-    ) -> None:
-        """Bytes that failed verification and no single liar: every sender is suspect."""
-        for origin in origins:
-            if origin.base_url not in wrong.contributors:
-                continue
-            file_log.failed(origin.layer, origin.base_url, wrong.error, started)
-            if getattr(origin, "distrustable", True):
-                run.distrust(origin.base_url, f"{type(wrong.error).__name__}: {wrong.error}")
-        if None in wrong.contributors:
-            log.info("bytes kept from an earlier run were part of a file that failed: discarded")
-
     def _note_cid_fetches(
         self, request: FileRequest, origins: Sequence[Origin], run: RunState, *, ok: bool = False
     ) -> None:
@@ -576,25 +479,6 @@ class Fetcher:
                 )
 
 
-@functools.cache
-def _limit_malloc_arenas() -> None:
-    """Cap glibc's malloc arenas at 2 (before the transfer's threads exist).
-
-    Body buffers are allocated on the event loop's thread and freed on the writer and
-    hasher threads; with one arena per thread, freed memory lingers in each. Measured on a
-    1 GiB, 8-connection pull: peak RSS 83-88 MB with the default, 62 MB with 2 arenas, at
-    the same speed. Elsewhere than glibc this is a no-op.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def open_records(settings: Settings) -> Records | None:
     """The models dir's records, or None (with a warning) when they cannot be opened."""
     try:
@@ -604,23 +488,48 @@ def open_records(settings: Settings) -> Records | None:
         return None
 
 
+def _is_fallback(origin: Origin) -> bool:
+    """An origin asked only after the others of its layer, whatever its score."""
+    return bool(getattr(origin, "fallback", False))
+
+
+def _base_url(origin: Origin) -> str:
+    return origin.base_url
+
+
 async def _tick_every_second(file_log: FileLog) -> None:
     while True:
         await asyncio.sleep(1.0)
         file_log.tick()
 
 
-def _unverifiable_reason(layer: Layer, attempts: Sequence[Attempt]) -> str:
-    """Why a layer's bytes cannot be checked: nothing says what the file must be."""
+def _unverifiable_reason(
+    layer: Layer, attempts: Sequence[Attempt], request: FileRequest, sources: Mapping[str, Source]
+) -> str:
+    """Why a layer's bytes cannot be checked: nothing says what the file must be.
+
+    A model with an IPFS CID is told why the CID did not help (a source's
+    `why_unverifiable`: e.g. no trustless gateway to give the DAG the CID names).
+    """
     failed = [same_failure(a) for a in attempts if a.error_type != "CacheMiss"]
     failed = [f for f in failed if f[2] != "Skipped"]
     if failed:
         why = "; ".join(f"{layer}: {kind}" for layer, _, kind, _ in failed[:3])
         cause = f"no hash known: the metadata lookups failed ({why})"
+    elif request.ipfs_cid:
+        cause = "no manifest entry and no hash from the hub"
     else:
         cause = "no manifest entry, no hash from the hub and no IPFS CID"
+    if request.ipfs_cid:
+        details = [
+            getattr(s, "why_unverifiable", lambda _r: None)(request) for s in sources.values()
+        ]
+        cause += "".join(f"; {d}" for d in details if d)
+        advice = "or configure a trustless gateway (one that serves ?format=raw blocks)"
+    else:
+        advice = "or give the model a Hugging Face source or an IPFS CID"
     what = "gateways'" if layer == "ipfs" else "the hub's"
     return (
         f"{what} bytes can't be checked ({cause}): the file cannot be verified; add it with "
-        "`modelfetch manifest generate`, or give the model a Hugging Face source or an IPFS CID"
+        f"`modelfetch manifest generate`, {advice}"
     )

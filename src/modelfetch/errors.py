@@ -30,6 +30,10 @@ class InvalidRepoId(ConfigError):
     """A Hugging Face repo id is malformed (not `name` or `org/name` as the hub allows)."""
 
 
+class NoMatchingFiles(ConfigError):
+    """`--include`/`--exclude` keep no file of the repository."""
+
+
 # -- sources (network) ----------------------------------------------------------------
 
 
@@ -163,6 +167,10 @@ class LockUnavailable(StorageError):
     """Cross-process file locks do not work here, or one could not be taken in time."""
 
 
+class NotCached(StorageError):
+    """Offline (`--offline`, HF_HUB_OFFLINE): a file or revision is not on disk to use."""
+
+
 # -- the whole chain ---------------------------------------------------------------------
 
 
@@ -222,10 +230,21 @@ def group_failures(errors: Sequence[ModelfetchError]) -> list[FailureGroup]:
         groups.setdefault(key, []).append(exc)
     return [
         FailureGroup(
-            tuple(e.path if isinstance(e, AllSourcesFailed) else "" for e in same), same[0]
+            tuple(e.path if isinstance(e, AllSourcesFailed) else "" for e in same),
+            min(same, key=_skips_for_earlier_files),
         )
         for same in groups.values()
     ]
+
+
+def _skips_for_earlier_files(exc: ModelfetchError) -> int:
+    """How many of a failure's attempts only repeat what an earlier file found: the group
+    is told through the file that found it (its real error), whichever file ran first."""
+    if not isinstance(exc, AllSourcesFailed):
+        return 0
+    return sum(
+        1 for a in exc.attempts if same_failure(a) != (a.layer, a.origin, a.error_type, a.message)
+    )
 
 
 DOWN_EARLIER = " (earlier in this run)"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 Layer = Literal["cache", "ipfs", "huggingface"]
 ProgressStatus = Literal["attempting", "downloading", "success", "error", "completed"]
-AttemptStatus = Literal["hit", "success", "error", "exhausted"]
+AttemptStatus = Literal["hit", "success", "error", "exhausted", "skipped"]
 
 
 def now_ms() -> int:

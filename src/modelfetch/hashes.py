@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .errors import HashMismatch, SizeMismatch
+from .errors import HashMismatch, SizeMismatch, Unverifiable
+
+if TYPE_CHECKING:
+    from .ipfs.blockindex import BlockIndex
 
 HASH_BLOCK = 1 << 20
 
@@ -19,7 +22,10 @@ class Identity:
     """What a file must be, settled once before any transfer from the best evidence at hand.
 
     `evidence` names where it came from ("manifest", "huggingface", "ipfs"). A file is
-    verifiable when at least one of sha256, git_sha1 or cid is known.
+    verifiable when its sha256 or git_sha1 is known, or its CID with the DAG the CID names
+    (`dag`: the file's verified block index, fetched from a trustless gateway): the bytes are
+    then checked leaf by leaf against the blocks, whatever chunker made them. A CID alone
+    proves nothing about bytes without its DAG (recomputing it would assume a chunking).
     """
 
     size: int | None = None
@@ -27,19 +33,22 @@ class Identity:
     git_sha1: str | None = None  # Hugging Face ETag of a small (non-LFS) file: git blob SHA-1
     cid: str | None = None
     evidence: str = "none"
+    dag: BlockIndex | None = field(default=None, compare=False, repr=False)
 
     @property
     def verifiable(self) -> bool:
-        return bool(self.sha256 or self.git_sha1 or self.cid)
+        return bool(self.sha256 or self.git_sha1 or (self.cid and self.dag is not None))
 
     def merged(self, other: Identity) -> Identity:
         """This identity, with gaps filled from `other` (weaker evidence never overrides)."""
+        cid = self.cid or other.cid
         return replace(
             self,
             size=self.size if self.size is not None else other.size,
             sha256=self.sha256 or other.sha256,
             git_sha1=self.git_sha1 or other.git_sha1,
-            cid=self.cid or other.cid,
+            cid=cid,
+            dag=self.dag if self.dag is not None else (other.dag if other.cid == cid else None),
         )
 
 
@@ -73,11 +82,9 @@ class Digests:
             self._git_sha1 = hashlib.sha1(f"blob {identity.size}\0".encode())
         self._checks = list(checks)
         if identity.cid and not identity.sha256 and not identity.git_sha1:
-            # Known by its CID alone: recompute it (an extra hash pass only in this case).
-            # Imported here: it loads the whole UnixFS importer, which `status` never needs.
-            from .ipfs.verify import CidCheck
-
-            self._checks.append(CidCheck(identity.cid, name=name))
+            # Known by its CID alone: the bytes must be those of the DAG's leaves, each
+            # checked against its block's CID (an extra hash pass only in this case).
+            self._checks.append(_dag_check(identity, name))
 
     def update(self, data: bytes | memoryview) -> None:
         self.size += len(data)
@@ -110,6 +117,36 @@ class Digests:
         for check in self._checks:
             check.finish()
         return Verified(size=self.size, sha256=sha256)
+
+
+class _NoDag:
+    """The check of a file known by a CID whose DAG was never had: it always refuses."""
+
+    def __init__(self, cid: str, name: str) -> None:
+        self.cid, self.name = cid, name
+
+    def update(self, data: bytes | memoryview) -> None:
+        pass
+
+    def finish(self) -> None:
+        raise Unverifiable(
+            f"{self.name}: only its IPFS CID {self.cid} is known, and not the DAG it names "
+            "(no trustless gateway gave it): the bytes cannot be checked and were discarded"
+        )
+
+
+def _dag_check(identity: Identity, name: str) -> StreamCheck:
+    assert identity.cid is not None
+    dag = identity.dag
+    if dag is None:
+        return _NoDag(identity.cid, name)
+    # Imported here: `status` and the CLI's start-up never need the IPFS modules.
+    from .ipfs.cid import Cid
+    from .ipfs.leafcheck import LeafCheck
+
+    if Cid.parse(identity.cid).to_v1() != dag.root.to_v1():
+        raise ValueError(f"{name}: the DAG given is that of {dag.root}, not of {identity.cid}")
+    return LeafCheck(dag, name=name)
 
 
 def feed_file(path: Path, update: Callable[[bytes], None], *, limit: int | None = None) -> int:

@@ -27,6 +27,7 @@ from .hashes import Digests, Identity, Verified, feed_file, file_signature
 from .manifest import MANIFEST_NAME, FileEntry, Manifest, write_json_atomic
 
 if TYPE_CHECKING:
+    from .ipfs.blockindex import BlockIndex
     from .onnxcheck import OnnxStreamCheck
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class Store:
         if stamp is not None and _stamp_matches(stamp, identity):
             return Lookup("hit", final, stamp)
         try:
-            verified = _rehash(final, identity, path)
+            verified = rehash(final, identity, path)
         except VerificationError as exc:
             if move_corrupt:
                 self._move_aside(final)
@@ -200,6 +201,52 @@ class Store:
         except OSError as exc:
             raise storage_error(exc, final) from None
         log.warning("%s failed verification: moved to %s", final, backup)
+
+    # -- block indexes (a file's UnixFS DAG, for serving and checking its blocks) -----------
+
+    def block_index_path(self, model: ModelSpec, path: str, cid: object) -> Path:
+        """Where the block index of `path`'s DAG under root `cid` is kept (beside the stamps).
+
+        A file can have several: one per CID it was computed or fetched under (v0, v1...).
+        """
+        return self.state_dir / "blockindex" / f"{self._key(model, path)}.{cid}.json"
+
+    def directory_index_path(self, model: ModelSpec, cid: object) -> Path:
+        """Where the model directory's own blocks (directory nodes, HAMT shards) are kept."""
+        return self.state_dir / "blockindex" / f"dir.{self._key(model, '')}.{cid}.json"
+
+    def save_block_index(self, model: ModelSpec, path: str, index: BlockIndex) -> None:
+        """Keep a verified file's block index, tied to the file as it is now (blocking).
+
+        Like a stamp it only saves work later: a failure to write it is logged, not raised.
+        """
+        where = self.block_index_path(model, path, index.root)
+        try:
+            index.save(where, file_signature(self.final_path(model, path)))
+        except OSError as exc:
+            log.warning("could not write block index %s: %s", where, exc.strerror)
+
+    def load_block_index(self, model: ModelSpec, path: str, cid: object) -> BlockIndex | None:
+        """The block index of `path` under root `cid`, if one was saved for the file as it is
+        now on disk (a file rewritten since has none: its blocks are not served)."""
+        from .ipfs.blockindex import BlockIndex
+
+        try:
+            signature = file_signature(self.final_path(model, path))
+        except OSError:
+            return None
+        return BlockIndex.load(self.block_index_path(model, path, cid), signature)
+
+    def block_index_roots(self, model: ModelSpec, path: str) -> list[str]:
+        """The root CIDs `path` has a saved block index for (stale ones included)."""
+        prefix = f"{self._key(model, path)}."
+        try:
+            names = os.listdir(self.state_dir / "blockindex")
+        except OSError:
+            return []
+        return sorted(
+            n[len(prefix) : -5] for n in names if n.startswith(prefix) and n.endswith(".json")
+        )
 
     # -- install -------------------------------------------------------------------------
 
@@ -228,7 +275,8 @@ def _stamp_matches(stamp: Verified, identity: Identity) -> bool:
     return False  # only a git SHA-1 or a CID is expected: rehash to check it
 
 
-def _rehash(final: Path, identity: Identity, path: str) -> Verified:
+def rehash(final: Path, identity: Identity, path: str) -> Verified:
+    """Check the file at `final` against `identity` (size first, then one hashing pass)."""
     if identity.size is not None and final.stat().st_size != identity.size:
         digests = Digests(identity, name=str(final))
         digests.size = final.stat().st_size

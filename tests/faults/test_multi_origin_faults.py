@@ -90,7 +90,10 @@ async def test_origin_dies_mid_range(big_world: World, checked: Check) -> None: 
     checked(f"records: {len(cut)} cut ranges on gateway 1, none kept as success")
     size = len(big_world.files[BIG])
     sent = sum(o.bytes_sent(BIG) for o in (big_world.hub, *big_world.gateways))
-    assert sent <= 1.3 * size
+    # Beyond the file itself, origins send what was in flight when a range was cut or
+    # stolen (socket buffers, up to a few MiB on loopback, more when the box is busy);
+    # restarting cut ranges instead of resuming them would send far more.
+    assert sent <= 1.5 * size
     checked(f"origins sent {sent / size:.2f}x the file in all (cut ranges resumed)")
     assert_verified(big_world, checked)
 
@@ -138,6 +141,10 @@ async def test_refusing_first_gateway(big_world: World, checked: Check) -> None:
     result = await pull(big_world, ipfs=ipfs, transfer=MANY, concurrency=1)
     assert result.ok, result.errors
     rows = [r for r in records_of(big_world) if r["gateway"] == refusing]
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    rows = [r for r in rows if r["status"] != "skipped"]
     assert len(rows) == 1 and (rows[0]["latency_ms"] or 0) < 250
     checked(f"one refused request ({rows[0]['latency_ms']:.0f} ms), not retried")
+    assert skipped and all((r["error_message"] or "").startswith("down: ") for r in skipped)
+    checked(f"records: skipped as down for {len(skipped)} later file(s)")
     assert_verified(big_world, checked)

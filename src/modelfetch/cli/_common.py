@@ -129,7 +129,13 @@ def remember(ctx: click.Context, config_file: Path | None, models_dir: Path | No
 
 
 def settings_from(
-    ctx: click.Context, config_file: Path | None, models_dir: Path | None, prefer: str | None = None
+    ctx: click.Context,
+    config_file: Path | None,
+    models_dir: Path | None,
+    prefer: str | None = None,
+    *,
+    cache_dir: Path | None = None,
+    offline: bool | None = None,
 ) -> Settings:
     from ..config import load_settings
 
@@ -138,4 +144,6 @@ def settings_from(
         config_file=config_file or obj.get("config_file"),
         models_dir=models_dir or obj.get("models_dir"),
         prefer=prefer,
+        cache_dir=cache_dir,
+        offline=offline,
     )

@@ -99,9 +99,11 @@ def print_health(health: dict[str, Any]) -> None:
     table.add_column("avg latency", justify="right")
     table.add_column("p95 latency", justify="right")
     table.add_column("attempts", justify="right")
+    table.add_column("score", justify="right")
 
     def row(label: str, entry: dict[str, Any]) -> None:
         status = str(entry.get("status", "unknown"))
+        score = entry.get("score")
         table.add_row(
             Text(label),
             Text(status, style=_STATUS_STYLE.get(status, "")),
@@ -109,6 +111,7 @@ def print_health(health: dict[str, Any]) -> None:
             f"{entry.get('avg_latency_ms', 0):,.1f} ms",
             f"{entry.get('p95_latency_ms', 0):,.1f} ms",
             str(entry.get("attempts", 0)),
+            "" if score is None else f"{score:.1f}",
         )
 
     for layer in ("ipfs", "huggingface"):

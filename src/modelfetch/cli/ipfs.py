@@ -53,13 +53,13 @@ def cid_command(
     models_dir: Path | None,
 ) -> None:
     """Print the CID of FILE or DIR exactly as `ipfs add --only-hash` computes it."""
-    from ..ipfs.importer import cid_of_path
+    from ..ipfs.directory import cid_of_path
 
     if not target.exists():
         raise ConfigError(f"{target} does not exist")
     try:
         value = cid_of_path(target, cid_version=int(cid_version), profile=profile)
-    except ValueError as exc:  # a FIFO, a device, a directory too big to shard here
+    except ValueError as exc:  # a FIFO, a device
         raise ConfigError(f"{target}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{target}: {exc.strerror}") from None
@@ -82,17 +82,32 @@ def gateways_group(ctx: click.Context, config_file: Path | None, models_dir: Pat
 def gateways_check(
     ctx: click.Context, config_file: Path | None, models_dir: Path | None, as_json: bool
 ) -> None:
-    """Probe each gateway (/ipfs/bafkqaaa): status, latency, trustless support."""
+    """Probe each gateway (/ipfs/bafkqaaa): status, latency, trustless support, and its
+    score from the recorded attempts (0-100; "-" when never used)."""
+    from datetime import timedelta
+
+    from ..scores import Scores
+
     settings = settings_from(ctx, config_file, models_dir)
     results = run(_check_gateways(settings))
+    retention = timedelta(hours=settings.retention_hours)
+    scores = Scores.from_file(settings.records_path, retention=retention).snapshot()
     if as_json:
-        echo_json({"gateways": [r.to_dict() for r in results]})
+        echo_json(
+            {
+                "gateways": [
+                    {**r.to_dict(), "score": scores[r.url]["score"] if r.url in scores else None}
+                    for r in results
+                ]
+            }
+        )
     else:
         for r in results:
             state = click.style("up", fg="green") + "  " if r.ok else click.style("down", fg="red")
             latency = f"{r.latency_ms:7.1f} ms" if r.latency_ms is not None else "      -   "
             kind = "trustless" if r.trustless else "path     "
-            echo(f"{state} {latency}  {kind}  {r.url}  {click.style(r.detail, dim=True)}")
+            score = f"score {scores[r.url]['score']:5.1f}" if r.url in scores else "score     -"
+            echo(f"{state} {latency}  {kind}  {score}  {r.url}  {click.style(r.detail, dim=True)}")
     sys.exit(EXIT_OK if any(r.ok for r in results) else EXIT_FAILED)
 
 

@@ -111,10 +111,13 @@ def metrics_summary(
 def metrics_health(
     ctx: click.Context, config_file: Path | None, models_dir: Path | None, as_json: bool
 ) -> None:
-    """Health of each layer and gateway over the retention window."""
+    """Health of each layer and gateway over the retention window, with each gateway's
+    score (0-100: the order its layer's origins are asked in, best first)."""
+    from ..scores import Scores, with_scores
+
     settings = settings_from(ctx, config_file, models_dir)
     with _open_records(settings) as records:
-        health = records.health()
+        health = with_scores(records.health(), Scores.load(records))
     if as_json:
         echo_json(health)
         return

@@ -27,14 +27,38 @@ from ._common import (
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..engine import ModelResult
     from ..events import Listener
+    from ..hubtypes import RepoType
+    from ..repos import RepoOptions
+    from ..results import ModelResult
 
 
 @click.command("pull")
 @click.argument("models", nargs=-1, required=True)
 @common_options
 @click.option("--prefer", type=click.Choice(LAYERS), default=None, help="Try this layer first.")
+@click.option("--revision", default=None, help="Branch, tag or commit of ORG/NAME repos.")
+@click.option(
+    "--repo-type",
+    type=click.Choice(["model", "dataset"]),
+    default="model",
+    help="Kind of ORG/NAME repos (default: model).",
+)
+@click.option("--include", multiple=True, help="Only repo files matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="No repo file matching this glob (repeatable).")
+@click.option(
+    "--local-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Plain files of ORG/NAME repos in this dir, not the Hugging Face cache.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Hugging Face cache (default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub).",
+)
+@click.option("--offline", is_flag=True, default=False, help="No request at all (HF_HUB_OFFLINE).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.pass_context
 @handle_errors
@@ -44,13 +68,30 @@ def pull_command(
     config_file: Path | None,
     models_dir: Path | None,
     prefer: str | None,
+    revision: str | None,
+    repo_type: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    local_dir: Path | None,
+    cache_dir: Path | None,
+    offline: bool | None,
     as_json: bool,
 ) -> None:
-    """Download MODEL(s) into the models dir, verified."""
-    settings = settings_from(ctx, config_file, models_dir, prefer)
+    """Download MODEL(s) or Hugging Face repos (ORG/NAME), verified.
+
+    A catalog model goes into the models dir; an ORG/NAME repo into the Hugging Face cache
+    (or --local-dir), whose snapshot dir is printed last.
+    """
+    from ..repos import RepoOptions, parse_name
+
+    settings = settings_from(
+        ctx, config_file, models_dir, prefer, cache_dir=cache_dir, offline=offline or None
+    )
+    kind: RepoType = "dataset" if repo_type == "dataset" else "model"
     for name in models:
-        settings.model(name)  # unknown names fail before any transfer
-    results = run(_pull(settings, list(models)))
+        parse_name(settings, name, kind)  # unknown or malformed names fail before any transfer
+    options = RepoOptions(revision, kind, include, exclude, local_dir)
+    results = run(_pull(settings, list(models), options))
     ok = all(r.ok for r in results)
     if as_json:
         echo_json(pull_document(results))
@@ -59,8 +100,9 @@ def pull_command(
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
 
 
-async def _pull(settings: Settings, names: list[str]) -> list[ModelResult]:
+async def _pull(settings: Settings, names: list[str], options: RepoOptions) -> list[ModelResult]:
     from ..engine import Fetcher
+    from ..repos import pull_names
 
     with contextlib.ExitStack() as stack:
         listeners: list[Listener] = []
@@ -72,7 +114,7 @@ async def _pull(settings: Settings, names: list[str]) -> list[ModelResult]:
             bars = ProgressDisplay(Console(stderr=True, highlight=False), enabled=True)
             listeners.append(stack.enter_context(bars).listener)
         async with Fetcher(settings, listeners=listeners) as fetcher:
-            return await fetcher.pull(names)
+            return await pull_names(fetcher, names, options)
 
 
 def pull_document(results: list[ModelResult]) -> dict[str, Any]:
@@ -82,6 +124,8 @@ def pull_document(results: list[ModelResult]) -> dict[str, Any]:
             {
                 "name": r.name,
                 "dir": str(r.dir),
+                "snapshot": None if r.snapshot is None else str(r.snapshot),
+                "commit": r.commit,
                 "files": [f.to_dict() for f in sorted(r.files, key=lambda f: f.path)],
             }
             for r in results
@@ -103,3 +147,6 @@ def render_pull(results: list[ModelResult]) -> None:
             echo(f"  {f.path}  {human_bytes(f.size)}  {f.source}{where}")
         for group in group_failures(r.errors):
             echo_error(group.text())
+    for r in results:  # as `hf download`: the snapshot (or local) dir is the last line
+        if r.snapshot is not None:
+            echo(str(r.snapshot))

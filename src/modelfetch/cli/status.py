@@ -57,22 +57,44 @@ def verify_command(
 
 @click.command("status")
 @common_options
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Hugging Face cache (default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_context
 @handle_errors
 def status_command(
-    ctx: click.Context, config_file: Path | None, models_dir: Path | None, as_json: bool
+    ctx: click.Context,
+    config_file: Path | None,
+    models_dir: Path | None,
+    cache_dir: Path | None,
+    as_json: bool,
 ) -> None:
-    """List every catalog model, present or not, with its state."""
+    """List every catalog model, present or not, and the repos of the Hugging Face cache."""
+    from ..hfcache import HFCache
+    from ..hfstatus import cache_status
     from ..inventory import inspect_model
     from ..store import Store
 
-    settings = settings_from(ctx, config_file, models_dir)
+    settings = settings_from(ctx, config_file, models_dir, cache_dir=cache_dir)
     store = Store(settings.models_dir)
     statuses = [run(inspect_model(store, m)) for m in settings.models.values()]
+    cache = HFCache(settings.huggingface.cache_dir)
+    repos, problems = cache_status(cache, settings.models_dir)
     if as_json:
         echo_json(
-            {"models_dir": str(settings.models_dir), "models": [s.to_dict() for s in statuses]}
+            {
+                "models_dir": str(settings.models_dir),
+                "models": [s.to_dict() for s in statuses],
+                "hf_cache": {
+                    "cache_dir": str(cache.root),
+                    "repos": [r.to_dict() for r in repos],
+                    "problems": problems,
+                },
+            }
         )
         return
     echo(f"models dir: {settings.models_dir}")
@@ -82,3 +104,19 @@ def status_command(
             f"  {s.name:<24} {s.state:<10} {present}/{len(s.files)} files  "
             f"{human_bytes(s.bytes)}  {s.dir}"
         )
+    echo(f"Hugging Face cache: {cache.root}")
+    if not repos:
+        echo("  (no repos)")
+    for r in repos:
+        name = (
+            r.repo.repo_id
+            if r.repo.repo_type == "model"
+            else f"{r.repo.repo_id} ({r.repo.repo_type})"
+        )
+        commit = r.snapshot.commit[:12] if r.snapshot is not None else "-"
+        echo(
+            f"  {name:<24} {r.state:<10} {r.verified}/{r.files} verified  "
+            f"{human_bytes(r.repo.size_on_disk)}  {commit}"
+        )
+    for problem in problems:
+        echo(f"  problem: {problem}")

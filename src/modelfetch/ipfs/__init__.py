@@ -1,5 +1,15 @@
 """IPFS for modelfetch: UnixFS CIDs as `ipfs add` computes them, CAR files, verified DAG reads."""
 
+from modelfetch.ipfs.blockindex import (
+    BlockIndex,
+    DirectoryIndex,
+    IndexRecorder,
+    Leaf,
+    LeafCheck,
+    fetch_index,
+    index_file,
+    leaf_check,
+)
 from modelfetch.ipfs.blockstore import BlockGetter, CarStreamBlocks, MemoryBlockStore
 from modelfetch.ipfs.car import (
     AsyncCarReader,
@@ -21,24 +31,26 @@ from modelfetch.ipfs.dagfile import (
     read_file,
     stat,
 )
+from modelfetch.ipfs.directory import (
+    DirectoryBuilder,
+    cid_of_path,
+    directory_cid,
+    directory_node,
+    file_nodes,
+    tree_node,
+)
 from modelfetch.ipfs.importer import (
     CIDV1_DEFAULTS,
     PROFILES,
     UNIXFS_V0_2015,
     UNIXFS_V1_2025,
     DagNode,
-    DirectoryBuilder,
     Profile,
     UnixFSFileBuilder,
-    cid_of_path,
-    directory_cid,
-    directory_node,
     file_cid,
     file_node,
-    file_nodes,
     get_profile,
     symlink_node,
-    tree_node,
 )
 
 __all__ = [
@@ -48,6 +60,7 @@ __all__ = [
     "UNIXFS_V1_2025",
     "AsyncCarReader",
     "BlockGetter",
+    "BlockIndex",
     "CarBlock",
     "CarHeader",
     "CarParser",
@@ -57,20 +70,27 @@ __all__ = [
     "DagNode",
     "DagReader",
     "DirectoryBuilder",
+    "DirectoryIndex",
     "Entry",
+    "IndexRecorder",
+    "Leaf",
+    "LeafCheck",
     "MemoryBlockStore",
     "Profile",
     "UnixFSFileBuilder",
     "cid_of_path",
     "directory_cid",
     "directory_node",
+    "fetch_index",
     "file_cid",
     "file_node",
     "file_nodes",
     "get_profile",
+    "index_file",
     "iter_car",
     "iter_car_stream_file",
     "iter_file",
+    "leaf_check",
     "read_car",
     "read_car_file",
     "read_file",

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from modelfetch.errors import BadBlock, NoSuchFile
+from modelfetch.ipfs import hamt
 from modelfetch.ipfs.blockstore import BlockGetter, CarStreamBlocks, MemoryBlockStore
 from modelfetch.ipfs.cid import DAG_PB, RAW, Cid, verify_block
+from modelfetch.ipfs.hamt import MURMUR3_X64_64 as MURMUR3_X64_64  # re-exported
+from modelfetch.ipfs.hamt import murmur3_x64_64 as murmur3_x64_64  # re-exported
 from modelfetch.ipfs.unixfs import NodeType, PBNode, UnixFSData, decode_pbnode, decode_unixfs
 
-#: The HAMT hash function every UnixFS implementation uses (multicodec murmur3-x64-64).
-MURMUR3_X64_64: Final = 0x22
-_M64: Final = (1 << 64) - 1
 _CACHE_BLOCKS: Final = 8
 
 Kind = Literal["file", "directory", "symlink", "hamt-directory"]
@@ -99,7 +99,7 @@ class DagReader:
                     raise BadBlock(f"directory {cid} lists {name!r} twice")
                 cid = found[0]
             elif fs.type == NodeType.HAMT_SHARD:
-                cid = await self._hamt_lookup(cid, pb, fs, name, f"{root}/{here}")
+                cid = await hamt.lookup(self.node, cid, pb, fs, name, f"{root}/{here}")
             elif fs.type == NodeType.SYMLINK:
                 raise BadBlock(
                     f"{root}/{here} is a symlink (to {fs.data!r}): refused, modelfetch never "
@@ -108,38 +108,6 @@ class DagReader:
             else:
                 raise NoSuchFile(f"{root}/{here} is a file, not a directory (looking for {name})")
         return cid
-
-    async def _hamt_lookup(
-        self, cid: Cid, pb: PBNode, fs: UnixFSData, name: str, where: str
-    ) -> Cid:
-        key = murmur3_x64_64(name.encode("utf-8"))
-        bit_pos = 0
-        while True:
-            fanout = fs.fanout or 0
-            if fs.hash_type != MURMUR3_X64_64 or fanout < 2 or fanout & (fanout - 1):
-                raise BadBlock(
-                    f"HAMT shard {cid}: unsupported hash {fs.hash_type} / fanout {fs.fanout}"
-                )
-            bits = fanout.bit_length() - 1
-            if bit_pos + bits > 64:
-                raise BadBlock(f"HAMT shard {cid}: deeper than its 64-bit hash allows")
-            index = (int.from_bytes(key, "big") >> (64 - bit_pos - bits)) & (fanout - 1)
-            bit_pos += bits
-            prefix = f"{index:0{len(f'{fanout - 1:X}')}X}"
-            child: Cid | None = None
-            for link in pb.links:
-                link_name = link.name or ""
-                if link_name == prefix:
-                    child = link.cid
-                    break
-                if link_name == prefix + name:
-                    return link.cid
-            if child is None:
-                raise NoSuchFile(f"{where} has no entry {name!r}")
-            decoded = await self.node(child)
-            if isinstance(decoded, bytes) or decoded[1].type != NodeType.HAMT_SHARD:
-                raise BadBlock(f"HAMT shard {cid}: link {prefix} is not a sub-shard")
-            cid, (pb, fs) = child, decoded
 
     async def stat(self, root: Cid | str, path: str = "") -> Entry:
         """What `<root>/<path>` is (fetches the blocks on the path and the target's root block)."""
@@ -242,46 +210,6 @@ def _check_file_node(cid: Cid, pb: PBNode, fs: UnixFSData, expected: int | None)
     if expected is not None and total != expected:
         raise BadBlock(f"file node {cid} holds {total} bytes but its parent says {expected}")
     return total
-
-
-def murmur3_x64_64(data: bytes) -> bytes:
-    """The first 64 bits of MurmurHash3 x64 128 (seed 0), big-endian: UnixFS HAMT's hash."""
-    c1, c2 = 0x87C37B91114253D5, 0x4CF5AD432745937F
-
-    def rotl(x: int, r: int) -> int:
-        return ((x << r) | (x >> (64 - r))) & _M64
-
-    def fmix(k: int) -> int:
-        k ^= k >> 33
-        k = (k * 0xFF51AFD7ED558CCD) & _M64
-        k ^= k >> 33
-        k = (k * 0xC4CEB9FE1A85EC53) & _M64
-        return k ^ (k >> 33)
-
-    h1 = h2 = 0
-    n = len(data)
-    end = n - n % 16
-    for i in range(0, end, 16):
-        k1 = int.from_bytes(data[i : i + 8], "little")
-        k2 = int.from_bytes(data[i + 8 : i + 16], "little")
-        h1 ^= (rotl((k1 * c1) & _M64, 31) * c2) & _M64
-        h1 = (rotl(h1, 27) + h2) & _M64
-        h1 = (h1 * 5 + 0x52DCE729) & _M64
-        h2 ^= (rotl((k2 * c2) & _M64, 33) * c1) & _M64
-        h2 = (rotl(h2, 31) + h1) & _M64
-        h2 = (h2 * 5 + 0x38495AB5) & _M64
-    tail = data[end:]
-    if len(tail) > 8:
-        h2 ^= (rotl((int.from_bytes(tail[8:], "little") * c2) & _M64, 33) * c1) & _M64
-    if tail:
-        h1 ^= (rotl((int.from_bytes(tail[:8], "little") * c1) & _M64, 31) * c2) & _M64
-    h1 ^= n
-    h2 ^= n
-    h1 = (h1 + h2) & _M64
-    h2 = (h2 + h1) & _M64
-    h1, h2 = fmix(h1), fmix(h2)
-    h1 = (h1 + h2) & _M64
-    return h1.to_bytes(8, "big")
 
 
 # -- convenience entry points -----------------------------------------------------------------

@@ -1,28 +1,21 @@
-"""UnixFS CIDs the way `ipfs add` computes them: streaming files, directories, paths on disk."""
+"""UnixFS file CIDs the way `ipfs add` computes them: profiles and the streaming file builder."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from modelfetch.ipfs.cid import DAG_PB, RAW, SHA2_256, Cid, encode_varint
+from modelfetch.ipfs.hamt import Estimation
 from modelfetch.ipfs.unixfs import (
-    DIRECTORY_DATA,
     NodeType,
-    PBLink,
     encode_pbnode,
     encode_unixfs,
     file_leaf_affixes,
 )
-
-#: boxo's default `HAMTShardingSize`: a directory whose estimated links size reaches it is
-#: sharded by kubo (and js-ipfs >= 0.67). We refuse to compute such directories rather than guess.
-HAMT_SHARDING_SIZE: Final = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +23,9 @@ class Profile:
     """How a file is cut into blocks and linked: what decides its UnixFS CID.
 
     `chunk_size` (fixed-size chunker), `max_links` (balanced DAG width), `cid_version`, and
-    `raw_leaves` (leaves are raw blocks, codec 0x55, instead of dag-pb UnixFS File nodes).
+    `raw_leaves` (leaves are raw blocks, codec 0x55, instead of dag-pb UnixFS File nodes), and
+    how a directory's size is estimated to decide when it is HAMT-sharded (`hamt_estimation`:
+    kubo's `Import.UnixFSHAMTDirectorySizeEstimation`, "links" or "block").
     """
 
     name: str
@@ -38,6 +33,7 @@ class Profile:
     raw_leaves: bool
     chunk_size: int
     max_links: int
+    hamt_estimation: Estimation = "links"
 
     def __post_init__(self) -> None:
         if self.cid_version not in (0, 1):
@@ -48,14 +44,17 @@ class Profile:
             raise ValueError("chunk_size must be between 1 byte and 1 MiB (the IPFS block limit)")
         if self.max_links < 2:
             raise ValueError("max_links must be at least 2")
+        if self.hamt_estimation not in ("links", "block"):
+            raise ValueError(f"hamt_estimation must be links or block, not {self.hamt_estimation}")
 
 
 #: kubo's defaults (`ipfs add`): CIDv0, 256 KiB chunks, 174 links, dag-pb leaves.
 UNIXFS_V0_2015: Final = Profile("unixfs-v0-2015", 0, False, 262144, 174)
 #: kubo's `ipfs add --cid-version=1`: raw leaves, otherwise the defaults.
 CIDV1_DEFAULTS: Final = Profile("cid-version-1", 1, True, 262144, 174)
-#: kubo's `unixfs-v1-2025` profile: CIDv1, raw leaves, 1 MiB chunks, 1024 links.
-UNIXFS_V1_2025: Final = Profile("unixfs-v1-2025", 1, True, 1048576, 1024)
+#: kubo's `unixfs-v1-2025` profile: CIDv1, raw leaves, 1 MiB chunks, 1024 links, directories
+#: sharded by their block size (IPIP-499).
+UNIXFS_V1_2025: Final = Profile("unixfs-v1-2025", 1, True, 1048576, 1024, "block")
 
 PROFILES: Final[Mapping[str, Profile]] = {
     p.name: p for p in (UNIXFS_V0_2015, CIDV1_DEFAULTS, UNIXFS_V1_2025)
@@ -115,7 +114,9 @@ class UnixFSFileBuilder:
     chunk plus `max_links` links per tree level; every block is sha2-256 hashed once, without
     copying full chunks (the cost is close to hashing the file once with hashlib).
     `on_block(cid, block)`, if given, receives every block made (leaves first, root last): to
-    write a CAR or feed a node; it costs a copy of each leaf.
+    write a CAR or feed a node; it costs a copy of each leaf. `on_leaf(cid, offset, length)`
+    and `on_node(cid, block)` instead say where each leaf's bytes are in the file and hand over
+    the (small) parent blocks: what a block index keeps (no copy of the data).
 
     >>> b = UnixFSFileBuilder()
     >>> b.update(b"hello world\\n")
@@ -129,9 +130,14 @@ class UnixFSFileBuilder:
         *,
         cid_version: int = 0,
         on_block: Callable[[Cid, bytes], None] | None = None,
+        on_leaf: Callable[[Cid, int, int], None] | None = None,
+        on_node: Callable[[Cid, bytes], None] | None = None,
     ) -> None:
         self.profile = get_profile(cid_version, profile)
         self._on_block = on_block
+        self._on_leaf = on_leaf
+        self._on_node = on_node
+        self._leaf_offset = 0
         self._chunk = self.profile.chunk_size
         self._buf = bytearray()
         self._levels: list[_Level] = [_Level()]
@@ -190,7 +196,11 @@ class UnixFSFileBuilder:
             digest = h.digest()
             tsize = len(prefix) + size + len(suffix)
         self._leaf_count += 1
-        self._push(0, self._leaf_prefix + b"\x12\x20" + digest, tsize, size)
+        cid_bytes = self._leaf_prefix + b"\x12\x20" + digest
+        if self._on_leaf is not None:
+            self._on_leaf(Cid.parse(cid_bytes), self._leaf_offset, size)
+        self._leaf_offset += size
+        self._push(0, cid_bytes, tsize, size)
 
     def _emit_leaf(self, data: bytes | bytearray | memoryview) -> None:
         size = len(data)
@@ -202,6 +212,9 @@ class UnixFSFileBuilder:
         cid_bytes = self._leaf_prefix + b"\x12\x20" + hashlib.sha256(block).digest()
         assert self._on_block is not None
         self._on_block(Cid.parse(cid_bytes), block)
+        if self._on_leaf is not None:
+            self._on_leaf(Cid.parse(cid_bytes), self._leaf_offset, size)
+        self._leaf_offset += size
         self._leaf_count += 1
         self._push(0, cid_bytes, len(block), size)
 
@@ -236,6 +249,8 @@ class UnixFSFileBuilder:
         cid_bytes = self._parent_prefix + b"\x12\x20" + digest
         if self._on_block is not None:
             self._on_block(Cid.parse(cid_bytes), block)
+        if self._on_node is not None:
+            self._on_node(Cid.parse(cid_bytes), block)
         return cid_bytes, len(block) + sum(level.tsizes), filesize
 
     def finish_node(self) -> DagNode:
@@ -249,6 +264,8 @@ class UnixFSFileBuilder:
             self._result = _empty_file(self.profile)
             if self._on_block is not None:
                 self._on_block(self._result.cid, _empty_file_block(self.profile))
+            if self._on_leaf is not None:  # an empty file is one (empty) leaf
+                self._on_leaf(self._result.cid, 0, 0)
             return self._result
         levels = self._levels
         height = 0
@@ -328,241 +345,16 @@ def symlink_node(
     return DagNode(_pb_cid(prof, block), len(block), 0)
 
 
-# -- directories ------------------------------------------------------------------------
-
-
-def _check_rel_path(path: str) -> tuple[str, ...]:
-    if not path or path.startswith("/") or "\\" in path or "\0" in path:
-        raise ValueError(f"not a relative POSIX path: {path!r}")
-    parts = tuple(path.split("/"))
-    if any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"not a plain relative path: {path!r}")
-    return parts
-
-
-class DirectoryBuilder:
-    """Builds the UnixFS directory tree `ipfs add -r DIR` makes from (path -> node) entries.
-
-    Nested paths become subdirectories; links are sorted bytewise by name; Tsize is cumulative.
-    `on_block(cid, block)`, if given, receives each directory block made (deepest first).
-
-    >>> d = DirectoryBuilder()
-    >>> d.add("hello.txt", file_node(b"hello world\\n"))
-    >>> d.finish()
-    'QmfLiVjH2vujCVP2e75zyzBYmpcjktmDeU1YBz6Ct8BBsc'
-    """
-
-    def __init__(
-        self,
-        profile: Profile | str | None = None,
-        *,
-        cid_version: int = 0,
-        on_block: Callable[[Cid, bytes], None] | None = None,
-    ) -> None:
-        self.profile = get_profile(cid_version, profile)
-        self._on_block = on_block
-        self._root: dict[str, object] = {}
-
-    def add(self, path: str, node: DagNode | tuple[str | Cid, int]) -> None:
-        """Put a finished node (file, symlink or directory) at a relative POSIX path."""
-        if not isinstance(node, DagNode):
-            cid, size = node
-            node = DagNode(Cid.parse(cid), int(size))
-        *dirs, name = _check_rel_path(path)
-        here = self._root
-        for i, part in enumerate(dirs):
-            sub = here.setdefault(part, {})
-            if not isinstance(sub, dict):
-                raise ValueError(f"{'/'.join(dirs[: i + 1])} is both a file and a directory")
-            here = sub
-        if name in here:
-            raise ValueError(f"{path} added twice")
-        here[name] = node
-
-    def add_dir(self, path: str) -> None:
-        """Make sure a (possibly empty) directory exists at `path`."""
-        here = self._root
-        for part in _check_rel_path(path):
-            sub = here.setdefault(part, {})
-            if not isinstance(sub, dict):
-                raise ValueError(f"{path} is a file, not a directory")
-            here = sub
-
-    def finish_node(self) -> DagNode:
-        """The root directory's node (CID and cumulative size)."""
-        return self._build(self._root, "")
-
-    def finish(self) -> str:
-        """The root directory's CID text."""
-        return str(self.finish_node().cid)
-
-    def _build(self, entries: dict[str, object], where: str) -> DagNode:
-        links: list[PBLink] = []
-        estimate = 0
-        for name, child in entries.items():
-            if isinstance(child, dict):
-                node = self._build(child, f"{where}{name}/")
-            else:
-                assert isinstance(child, DagNode)
-                node = child
-            links.append(PBLink(node.cid, name, node.size))
-            estimate += len(name.encode("utf-8")) + len(bytes(node.cid))
-        if estimate >= HAMT_SHARDING_SIZE:
-            raise ValueError(
-                f"directory {where or '/'} has {len(links)} entries: ipfs add would shard it "
-                "(HAMT), which modelfetch does not compute"
-            )
-        links.sort(key=lambda link: (link.name or "").encode("utf-8"))
-        block = encode_pbnode(links, DIRECTORY_DATA)
-        cid = _pb_cid(self.profile, block)
-        if self._on_block is not None:
-            self._on_block(cid, block)
-        return DagNode(cid, len(block) + sum(x.tsize or 0 for x in links))
-
-
-def directory_node(
-    files: Mapping[str, DagNode | tuple[str | Cid, int]],
-    profile: Profile | str | None = None,
-    *,
-    cid_version: int = 0,
-    empty_dirs: Iterable[str] = (),
-) -> DagNode:
-    """The root node of a directory holding `files` (relative POSIX path -> node or (cid, size))."""
-    builder = DirectoryBuilder(profile, cid_version=cid_version)
-    for d in empty_dirs:
-        builder.add_dir(d)
-    for path, node in files.items():
-        builder.add(path, node)
-    return builder.finish_node()
-
-
-def directory_cid(
-    files: Mapping[str, DagNode | tuple[str | Cid, int]],
-    profile: Profile | str | None = None,
-    *,
-    cid_version: int = 0,
-) -> str:
-    """The CID `ipfs add -r DIR` gives DIR holding exactly `files` (path -> node or (cid, size))."""
-    return str(directory_node(files, profile, cid_version=cid_version).cid)
-
-
-# -- files and directories on disk --------------------------------------------------------
-
-_READ_SIZE: Final = 1024 * 1024
-
-
-def _file_node_on_disk(path: Path, profile: Profile) -> DagNode:
-    builder = UnixFSFileBuilder(profile)
-    buf = bytearray(_READ_SIZE * 4)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(view)
-            if not n:
-                break
-            builder.update(view[:n])
-    return builder.finish_node()
-
-
-def _walk(root: Path, include_hidden: bool) -> Iterable[tuple[str, os.DirEntry[str]]]:
-    stack = [(root, "")]
-    while stack:
-        here, prefix = stack.pop()
-        with os.scandir(here) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            if not include_hidden and entry.name.startswith("."):
-                continue
-            rel = prefix + entry.name
-            yield rel, entry
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((Path(entry.path), rel + "/"))
-
-
-def file_nodes(
-    directory: str | os.PathLike[str],
-    profile: Profile | str | None = None,
-    *,
-    cid_version: int = 0,
-    include_hidden: bool = False,
-) -> dict[str, DagNode]:
-    """Every regular file under `directory` (relative POSIX path -> its UnixFS node).
-
-    What publishing a model directory needs: each file's CID and cumulative size, as `ipfs add
-    -r` would store them. Hidden names (starting with `.`) are skipped unless `include_hidden`,
-    as kubo does without `--hidden`; symlinks and special files are left out.
-    """
-    prof = get_profile(cid_version, profile)
-    out: dict[str, DagNode] = {}
-    for rel, entry in _walk(Path(directory), include_hidden):
-        if entry.is_file(follow_symlinks=False):
-            out[rel] = _file_node_on_disk(Path(entry.path), prof)
-    return out
-
-
-def tree_node(
-    path: str | os.PathLike[str],
-    profile: Profile | str | None = None,
-    *,
-    cid_version: int = 0,
-    include_hidden: bool = False,
-) -> DagNode:
-    """The UnixFS node of a file or directory on disk, as `ipfs add [-r]` builds it.
-
-    Directories keep empty subdirectories and store symlinks as UnixFS symlinks (never
-    followed), like kubo; sockets, FIFOs and devices raise ValueError.
-    """
-    prof = get_profile(cid_version, profile)
-    p = Path(path)
-    st = p.stat()
-    if stat.S_ISREG(st.st_mode):
-        return _file_node_on_disk(p, prof)
-    if not stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"{p}: neither a regular file nor a directory")
-    builder = DirectoryBuilder(prof)
-    for rel, entry in _walk(p, include_hidden):
-        if entry.is_symlink():
-            builder.add(rel, symlink_node(os.readlink(entry.path), prof))
-        elif entry.is_dir(follow_symlinks=False):
-            builder.add_dir(rel)
-        elif entry.is_file(follow_symlinks=False):
-            builder.add(rel, _file_node_on_disk(Path(entry.path), prof))
-        else:
-            raise ValueError(f"{entry.path}: not a regular file, directory or symlink")
-    return builder.finish_node()
-
-
-def cid_of_path(
-    path: str | os.PathLike[str],
-    *,
-    cid_version: int = 0,
-    profile: str | Profile | None = None,
-    include_hidden: bool = False,
-) -> str:
-    """The CID `ipfs add --only-hash [-r] PATH` prints for a file or directory on disk.
-
-    `profile` (`unixfs-v0-2015`, `unixfs-v1-2025`) wins over `cid_version`. A directory's CID is
-    that of the directory itself (its own name is not part of it).
-    """
-    return str(tree_node(path, profile, cid_version=cid_version, include_hidden=include_hidden).cid)
-
-
 __all__ = [
     "CIDV1_DEFAULTS",
     "PROFILES",
     "UNIXFS_V0_2015",
     "UNIXFS_V1_2025",
     "DagNode",
-    "DirectoryBuilder",
     "Profile",
     "UnixFSFileBuilder",
-    "cid_of_path",
-    "directory_cid",
-    "directory_node",
     "file_cid",
     "file_node",
-    "file_nodes",
     "get_profile",
     "symlink_node",
-    "tree_node",
 ]

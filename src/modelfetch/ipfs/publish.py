@@ -33,8 +33,9 @@ from ..errors import (
 from ..inventory import inspect_model
 from ..records import Records
 from ..store import Store
+from .blockindex import BlockIndex, DirectoryIndex, index_file
 from .cid import Cid
-from .importer import DagNode, Profile, directory_node, get_profile, tree_node
+from .importer import DagNode, Profile, get_profile
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class LocalModel:
     paths: Mapping[str, Path]
     sizes: Mapping[str, int]
     sha256: Mapping[str, str]
+    indexes: Mapping[str, BlockIndex] = field(default_factory=dict)  # each file's DAG
+    tree: DirectoryIndex | None = None  # the directory's own blocks (and HAMT shards)
 
     @property
     def cid(self) -> str:
@@ -182,13 +185,16 @@ async def prepare(
     sizes = {f.path: int(f.size or 0) for f in status.files}
     digests = {f.path: str(f.sha256) for f in status.files}
 
-    def compute() -> tuple[dict[str, DagNode], DagNode]:
-        nodes = {rel: tree_node(paths[rel], prof) for rel in spec.files}
-        return nodes, directory_node(nodes, prof)
+    def compute() -> tuple[dict[str, DagNode], dict[str, BlockIndex], DirectoryIndex]:
+        nodes: dict[str, DagNode] = {}
+        indexes: dict[str, BlockIndex] = {}
+        for rel in spec.files:
+            nodes[rel], indexes[rel] = index_file(paths[rel], prof)
+        return nodes, indexes, DirectoryIndex.build(nodes, prof)
 
     try:
-        nodes, root = await asyncio.to_thread(compute)
-    except ValueError as exc:  # e.g. a directory so large that ipfs add would shard it
+        nodes, indexes, tree = await asyncio.to_thread(compute)
+    except ValueError as exc:  # a path that is both a file and a directory
         raise ConfigError(f"cannot publish {spec.name}: {exc}") from None
     except OSError as exc:
         raise StorageError(f"cannot read {spec.name} for publishing: {exc}") from None
@@ -198,7 +204,22 @@ async def prepare(
                 f"{spec.name}: {rel} changed while it was being hashed "
                 f"({sizes[rel]:,} bytes verified, {node.filesize:,} read): try again"
             )
-    return LocalModel(spec, prof, root, nodes, paths, sizes, digests)
+    await asyncio.to_thread(_save_indexes, store, spec, indexes, tree)
+    root = DagNode(tree.root, tree.size)
+    return LocalModel(spec, prof, root, nodes, paths, sizes, digests, indexes, tree)
+
+
+def _save_indexes(
+    store: Store, spec: ModelSpec, indexes: Mapping[str, BlockIndex], tree: DirectoryIndex
+) -> None:
+    """Keep the blocks' whereabouts beside the stamps, so the files' blocks can be served."""
+    for rel, index in indexes.items():
+        store.save_block_index(spec, rel, index)
+    where = store.directory_index_path(spec, tree.root)
+    try:
+        tree.save(where)
+    except OSError as exc:  # only serving needs it: never fail a publish for it
+        log.warning("could not write directory index %s: %s", where, exc.strerror)
 
 
 # -- entry point ------------------------------------------------------------------------

@@ -4,7 +4,8 @@ One SQLite file (normally `<models_dir>/.modelfetch/records.sqlite3`) holds thre
 
 - `attempts`: one row per try of one layer for one file, as reported by the engine's
   `AttemptEvent`s (cache hits and misses, every gateway try, every hub try, and a final
-  `exhausted` row when every layer failed). Source of `summary()`, `health()`, `attempts()`.
+  `exhausted` row when every layer failed). Source of `summary()`, `health()`, `attempts()`
+  and of the origin scores (`modelfetch.scores`).
 - `downloads`: one row per download of one file, kept current from `ProgressEvent`s.
 - `ipfs_cids`: CIDs known for a model, with per-CID success and failure counts.
 
@@ -30,8 +31,12 @@ What the engine must emit
   `HashMismatch`, ...) when a present file was rejected (moved to `.bak`). Every cache row
   with status `error` counts as a miss: `cache.hit_rate = 100 * hits / (hits + misses)`.
 - One `AttemptEvent(layer="ipfs"|"huggingface", status="success"|"error", gateway=<base
-  URL actually used>, latency_ms=<duration of the try>)` per try; a skipped layer (no CID,
-  no hub source) emits nothing.
+  URL actually used>, latency_ms=<duration of the try>, ttfb_ms=<time to first byte>)`
+  per try.
+- `AttemptEvent(layer, status="skipped", gateway=<origin or None>, error_message=<why>)`
+  for a layer or origin not asked (no CID, no hub source, bytes that cannot be checked, an
+  origin found down or distrusted earlier in the run). Health and scores leave these out;
+  `summary()` counts them in `skipped`.
 - `AttemptEvent(layer=None, status="exhausted")` when every layer failed for a file; it
   also closes that file's failed `downloads` row (a later `attempting` starts a new row).
 
@@ -257,7 +262,8 @@ class Records:
 
         Each row: `timestamp` (ISO-8601 UTC with Z), `model`, `file`, `layer`, `gateway`,
         `status`, `latency_ms` (float or None), `bytes_downloaded` (int), `error_type`,
-        `error_message`. Only what is written is seen: `flush()` first if needed.
+        `error_message`, `ttfb_ms` (time to first byte of a success, or None). Only what
+        is written is seen: `flush()` first if needed.
         """
         with reader(self.path) as conn:
             return queries.attempts(conn, since, layer, limit)
@@ -275,8 +281,9 @@ class Records:
         """Counts over the retention window, in the original `/summary` shape.
 
         `{"total", "cache_hits", "ipfs": {"success", "error", "avg_latency"},
-        "huggingface": {...}}` plus `cache_misses`, `exhausted`, `bytes_downloaded` and
-        `window_hours`. `avg_latency` is the mean latency (ms) of successes, 0 when none.
+        "huggingface": {...}}` plus `cache_misses`, `exhausted`, `skipped` (layers and
+        origins not asked; not in `total`), `bytes_downloaded` and `window_hours`.
+        `avg_latency` is the mean latency (ms) of successes, 0 when none.
         """
         with reader(self.path) as conn:
             return queries.summary(conn, self._cutoff_ms(), self.retention / timedelta(hours=1))
@@ -290,6 +297,17 @@ class Records:
         """
         with reader(self.path) as conn:
             return health.report(conn, self._cutoff_ms(), self.health_rules)
+
+    def recent_outcomes(
+        self, per_origin: int = queries.OUTCOMES_PER_ORIGIN
+    ) -> list[tuple[str, str, bool, int, float | None, int, float | None]]:
+        """Each network origin's newest successes and failures in the window, oldest first.
+
+        Rows `(gateway, layer, ok, ts_ms, latency_ms, bytes_downloaded, ttfb_ms)`: what
+        `modelfetch.scores.Scores.load` reads (one query).
+        """
+        with reader(self.path) as conn:
+            return queries.recent_outcomes(conn, self._cutoff_ms(), per_origin)
 
     def _cutoff_ms(self) -> int:
         """The oldest time, in Unix ms, inside the retention window."""

@@ -45,8 +45,8 @@ def insert_attempt(conn: sqlite3.Connection, ev: AttemptEvent, rows: RowMap) -> 
     ms = dt_to_ms(ev.timestamp)
     conn.execute(
         "INSERT INTO attempts (ts_ms, timestamp, model, file, layer, gateway, status,"
-        " latency_ms, bytes_downloaded, error_type, error_message)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " latency_ms, bytes_downloaded, error_type, error_message, ttfb_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             ms,
             ms_to_iso(ms),
@@ -59,6 +59,7 @@ def insert_attempt(conn: sqlite3.Connection, ev: AttemptEvent, rows: RowMap) -> 
             int(ev.bytes_downloaded or 0),
             _str_or_none(ev.error_type),
             _str_or_none(ev.error_message),
+            None if ev.ttfb_ms is None else float(ev.ttfb_ms),
         ),
     )
     if ev.status != "exhausted":

@@ -66,6 +66,40 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """,
         "CREATE INDEX ipfs_cids_by_model ON ipfs_cids (model_name, last_accessed_at)",
     ),
+    # version 2: `attempts.ttfb_ms` (time to first byte, for origin scores) and the status
+    # `skipped` (an origin or layer not asked, and why). A CHECK constraint cannot be
+    # altered in SQLite, so the table is rebuilt, ids kept; `_migrate` runs all of it in one
+    # transaction, so a failure leaves version 1 as it was.
+    (
+        """
+        CREATE TABLE attempts_v2 (
+            id               INTEGER PRIMARY KEY,
+            ts_ms            INTEGER NOT NULL,          -- Unix time in ms, for range queries
+            timestamp        TEXT    NOT NULL,          -- UTC ISO-8601 with ms and Z
+            model            TEXT    NOT NULL,
+            file             TEXT    NOT NULL,
+            layer            TEXT CHECK (layer IN ('cache', 'ipfs', 'huggingface')),
+            gateway          TEXT,
+            status           TEXT    NOT NULL
+                             CHECK (status IN ('hit', 'success', 'error', 'exhausted',
+                                               'skipped')),
+            latency_ms       REAL,
+            bytes_downloaded INTEGER NOT NULL DEFAULT 0,
+            error_type       TEXT,
+            error_message    TEXT,
+            ttfb_ms          REAL                       -- time to first byte, on success
+        )
+        """,
+        "INSERT INTO attempts_v2 (id, ts_ms, timestamp, model, file, layer, gateway, status,"
+        " latency_ms, bytes_downloaded, error_type, error_message)"
+        " SELECT id, ts_ms, timestamp, model, file, layer, gateway, status,"
+        " latency_ms, bytes_downloaded, error_type, error_message FROM attempts",
+        "DROP TABLE attempts",  # its indexes go with it
+        "ALTER TABLE attempts_v2 RENAME TO attempts",
+        "CREATE INDEX attempts_by_time ON attempts (ts_ms)",
+        "CREATE INDEX attempts_by_layer ON attempts (layer, ts_ms)",
+        "CREATE INDEX attempts_by_gateway ON attempts (gateway, ts_ms)",  # the scores' query
+    ),
 ]
 """Ordered schema migrations: applying `MIGRATIONS[i]` takes `user_version` from i to i + 1.
 
@@ -84,8 +118,8 @@ NETWORK_LAYERS: Final = ("ipfs", "huggingface")
 LAYERS: Final = frozenset({"cache", *NETWORK_LAYERS})
 """Every value of `attempts.layer` (NULL aside: the `exhausted` row of a file)."""
 
-ATTEMPT_STATUSES: Final = frozenset({"hit", "success", "error", "exhausted"})
-"""Every value of `attempts.status`."""
+ATTEMPT_STATUSES: Final = frozenset({"hit", "success", "error", "exhausted", "skipped"})
+"""Every value of `attempts.status` (`skipped` since schema version 2)."""
 
 DOWNLOAD_STATUS: Final[dict[str, str]] = {
     "attempting": "pending",

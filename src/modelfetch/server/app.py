@@ -1,34 +1,20 @@
-"""The aiohttp application: routes under /gm, auth and JSON-error middleware, running it.
+"""The aiohttp application: routes under /gm, the JSON-error middleware, running it.
 
-Auth rules
-----------
-- Without a token the server only listens on loopback (`run_server` refuses anything
-  else) and, against DNS rebinding, answers only requests whose `Host` is a loopback name
-  or address (403 otherwise).
-- With a token (`--token` or `MODELFETCH_TOKEN`), every endpoint except the page `/gm/`
-  and `/gm/static/` needs `Authorization: Bearer <token>` (401 otherwise): the REST API,
-  the WebSocket and `/metrics`. A WebSocket may pass it as `?token=<token>` instead,
-  since browsers cannot set headers on one. Tokens are compared in constant time.
-- Mutating requests (POST) and WebSocket handshakes that carry an `Origin` header from
-  another site are refused (403): a web page cannot drive the service from a browser.
-- The token is never logged: the access log prints the path without the query string and
-  no headers, and it never reaches the engine or the records.
+Who may ask what (bind rule, Host/Origin checks, tokens, `--open-reads`) is in `auth`.
+With `mirror=True` the Hugging Face read API of `mirror/` is added beside /gm.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -38,6 +24,8 @@ from .._net import is_loopback_host
 from ..config import Settings
 from ..errors import ConfigError, ModelfetchError, UnknownModel
 from ..records import Records
+from ..scores import Scores, with_scores
+from .auth import CONFIG, ApiError, Handler, ServerConfig, check_bind, guard_middleware
 from .broadcast import Broadcaster
 from .downloads import Downloads
 from .params import parse_layer, parse_limit, parse_since
@@ -54,57 +42,16 @@ MAX_BODY = 64 * 1024
 FLUSH_TIMEOUT = 2.0  # s to wait for queued records before answering a metrics query
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """What the middlewares need to know."""
-
-    token: str | None
-
-
-CONFIG = web.AppKey("modelfetch_config", ServerConfig)
 DOWNLOADS = web.AppKey("modelfetch_downloads", Downloads)
 BROADCASTER = web.AppKey("modelfetch_broadcaster", Broadcaster)
 METRICS = web.AppKey("modelfetch_metrics", ServerMetrics)
-
-
-class ApiError(Exception):
-    """An expected error answered as `{"error": message}` with `status`."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-# -- host checks -------------------------------------------------------------------------
-
-
-def _host_name(host_header: str) -> str:
-    """The host of a `Host` header value, without the port."""
-    value = host_header.strip()
-    if value.startswith("["):
-        return value[1 : value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
-
-
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse (ConfigError) to listen beyond loopback without a token."""
-    if not is_loopback_host(host) and not token:
-        raise ConfigError(
-            f"refusing to listen on {host!r}: it is not a loopback address and no token is "
-            "set. Set MODELFETCH_TOKEN (or --token) to a long random secret; clients then "
-            "send 'Authorization: Bearer <token>'. Or keep the default --host 127.0.0.1."
-        )
-
-
 # -- middlewares -------------------------------------------------------------------------
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
@@ -132,54 +79,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 _BODY_HEADERS = {"content-type", "content-length", "content-encoding", "transfer-encoding"}
-
-
-def _open_path(path: str) -> bool:
-    """Paths served without a token: the page and its static files (no data in them)."""
-    return path in (BASE, f"{BASE}/") or path.startswith(f"{BASE}/static/")
-
-
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
-
-
-def _same_origin(request: web.Request) -> bool:
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True  # not a browser, or a same-origin GET
-    return urlsplit(origin).netloc.lower() == request.host.lower()
-
-
-@web.middleware
-async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Host, Origin and token checks (rules in the module docstring)."""
-    token = request.app[CONFIG].token
-    path = request.path
-    if token is None and not is_loopback_host(_host_name(request.host)):
-        raise ApiError(
-            403,
-            "this server only answers requests addressed to localhost/127.0.0.1 "
-            "(it has no token); set one to serve other host names",
-        )
-    if (request.method not in ("GET", "HEAD", "OPTIONS") or path == WS_PATH) and not (
-        _same_origin(request)
-    ):
-        raise ApiError(403, "cross-origin request refused")
-    if token is not None and not _open_path(path):
-        given = _bearer(request)
-        if given is None and path == WS_PATH:
-            given = request.query.get("token")
-        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(
-                401,
-                "missing or wrong token: send 'Authorization: Bearer <token>'",
-                {"WWW-Authenticate": 'Bearer realm="modelfetch"'},
-            )
-    return await handler(request)
 
 
 class SafeAccessLogger(AbstractAccessLogger):
@@ -298,7 +197,11 @@ async def metrics_summary(request: web.Request) -> web.StreamResponse:
 async def metrics_health(request: web.Request) -> web.StreamResponse:
     records = _records(request)
     await _fresh(records)
-    return web.json_response(await asyncio.to_thread(records.health))
+
+    def health() -> dict[str, Any]:  # with each gateway's score, ttfb_ms, throughput_bps
+        return with_scores(records.health(), Scores.load(records))
+
+    return web.json_response(await asyncio.to_thread(health))
 
 
 async def metrics_reset(request: web.Request) -> web.StreamResponse:
@@ -328,12 +231,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(
-    settings: Settings, *, token: str | None = None, mirror: bool = False
+    settings: Settings,
+    *,
+    token: str | None = None,
+    mirror: bool = False,
+    open_reads: bool = False,
 ) -> web.Application:
     """The service as an aiohttp application (a Fetcher is created at startup).
 
-    `token`: when set, requests need `Authorization: Bearer <token>` (see the module doc).
-    `mirror`: also serve the store to other machines (the trustless gateway under /ipfs/).
+    `token`: when set, requests need `Authorization: Bearer <token>` (see `auth`).
+    `mirror`: also serve the store as a Hugging Face hub (`mirror.add_mirror`) and as a
+    trustless IPFS gateway (`gateway.add_gateway`);
+    `open_reads`: its read routes answer without a token (needs `mirror`).
 
     Example::
 
@@ -342,6 +251,8 @@ def create_app(
     """
     if token is not None and not token.strip():
         raise ConfigError("the token is empty: set a long random secret, or none")
+    if open_reads and not mirror:
+        raise ConfigError("--open-reads opens the mirror's read routes: it needs --mirror")
     metrics = ServerMetrics()
     broadcaster = Broadcaster(on_drop=metrics.ws_dropped.inc)
     app = web.Application(
@@ -368,12 +279,14 @@ def create_app(
     router.add_post(f"{API}/metrics/downloads/reset", metrics_reset)
     router.add_get(WS_PATH, websocket)
     router.add_get("/metrics", prometheus_metrics)
-    if mirror:  # the trustless IPFS gateway over the store (`serve --mirror`)
-        from .gateway import add_gateway
-
-        add_gateway(app, settings)
 
     app.cleanup_ctx.append(_downloads_lifecycle)
+    if mirror:
+        from .gateway import add_gateway
+        from .mirror import add_mirror
+
+        add_mirror(app, settings, open_reads=open_reads)
+        add_gateway(app, settings)  # the trustless IPFS gateway, under /ipfs/
     app.on_shutdown.append(_close_websockets)
     app.on_response_prepare.append(_static_headers)
     return app
@@ -413,10 +326,12 @@ async def serve(
     *,
     on_ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    mirror: bool = False,
+    open_reads: bool = False,
 ) -> None:
     """Serve until `stop` is set, SIGINT or SIGTERM; then close clients and downloads."""
-    check_bind(host, token)
-    app = create_app(settings, token=token)
+    check_bind(host, token, open_reads=open_reads and mirror)
+    app = create_app(settings, token=token, mirror=mirror, open_reads=open_reads)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     stop = stop or asyncio.Event()
@@ -458,14 +373,18 @@ def run_server(
     token: str | None = None,
     *,
     on_ready: Callable[[str], None] | None = None,
+    mirror: bool = False,
+    open_reads: bool = False,
 ) -> None:
     """Run the service in the foreground until Ctrl-C or SIGTERM (blocking).
 
-    Raises ConfigError before binding when `host` is not loopback and there is no token,
-    or when the address cannot be bound.
+    Raises ConfigError before binding when `host` is not loopback and there is no token
+    (unless `mirror` and `open_reads`), or when the address cannot be bound.
     """
-    check_bind(host, token)
-    asyncio.run(serve(settings, host, port, token, on_ready=on_ready))
+    check_bind(host, token, open_reads=open_reads and mirror)
+    asyncio.run(
+        serve(settings, host, port, token, on_ready=on_ready, mirror=mirror, open_reads=open_reads)
+    )
 
 
 _PAGE_HEADERS = {

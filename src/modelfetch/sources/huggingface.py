@@ -62,6 +62,12 @@ class HuggingFaceOrigin:
         a mismatch there more likely means a stale manifest)."""
         return self.base != self.settings.endpoint
 
+    @property
+    def fallback(self) -> bool:
+        """The hub itself is asked after its mirrors whatever the scores say: sparing it (its
+        rate limits, a fleet's bandwidth) is what mirrors are configured for."""
+        return self.base == self.settings.endpoint
+
     async def open(self, client: Client, start: int, end: int | None) -> ByteStream:
         direct = self._direct
         if direct is not None:

@@ -5,7 +5,8 @@ file's CID is resolved from the model's directory CID block by block, and the by
 from a CAR (`?format=car&dag-scope=entity&entity-bytes=<offset>:*`) whose every block is
 re-hashed against its CID before it is written. Other gateways are path gateways
 (`<gateway>/ipfs/<cid>/<path>`): their bytes prove nothing and are checked against the
-file's identity (SHA-256, or the recomputed CID) like any other source's.
+file's identity like any other source's: its SHA-256, or, for a file known only by its CID,
+the leaves of the DAG a trustless gateway gave (never a CID recomputed with assumed chunking).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..errors import HTTPStatus, SourceError
 from ..events import Layer
 from ..hashes import Identity
 from ..httpclient import Client
+from ..ipfs.blockindex import fetch_index
 from ..ipfs.cid import Cid
 from ..ipfs.dagfile import DagReader, iter_car_stream_file
 from .base import ByteStream, FileRequest, Proof
@@ -114,7 +116,12 @@ class GatewayOrigin:
         return self.settings.pause
 
     async def identity(self, client: Client) -> Identity | None:
-        """The file's CID and size, read from verified blocks (trustless gateways only)."""
+        """The file's CID, size and DAG (its block index: every internal node fetched and
+        checked against its CID), from a trustless gateway; None from a path gateway.
+
+        The DAG is what checks the file's bytes from any origin, leaf by leaf, whatever
+        chunker made the CID.
+        """
         if await self.source.mode(client, self.base_url) != "trustless":
             return None  # a path gateway's word proves nothing
         cid = await self.source.resolve(client, self.base_url, self.root, self.path)
@@ -122,8 +129,8 @@ class GatewayOrigin:
         async def get(c: Cid) -> bytes:
             return await self.source.block(client, self.base_url, c)
 
-        entry = await DagReader(get).stat(cid)
-        return Identity(size=entry.size, cid=str(cid), evidence="ipfs")
+        dag = await fetch_index(get, cid)
+        return Identity(size=dag.size, cid=str(cid), evidence="ipfs", dag=dag)
 
 
 class VerifiedCarStream:
@@ -178,6 +185,34 @@ class IPFSGatewaySource:
         if not self.settings.gateways and not self.settings.rpc:
             return "no IPFS gateway or node RPC is configured"
         return "the model has no IPFS CID (configure one, or publish the model)"
+
+    def why_unverifiable(self, request: FileRequest) -> str | None:
+        """Why the model's CID did not make the file checkable (for the failure report)."""
+        if request.ipfs_cid is None:
+            return None
+        if not self.settings.gateways:
+            return f"the model has IPFS CID {request.ipfs_cid} but no gateway is configured"
+        modes = {g: self.known_mode(g) for g in self.settings.gateways}
+        trustless = [g for g, m in modes.items() if m == "trustless"]
+        if trustless:
+            return (
+                f"the model's IPFS CID {request.ipfs_cid} checks bytes only through the DAG a "
+                f"trustless gateway gives, and none gave it ({', '.join(trustless)} failed)"
+            )
+        plain = ", ".join(g for g, m in modes.items() if m == "path")
+        unknown = ", ".join(g for g, m in modes.items() if m is None)
+        seen = "; ".join(
+            part
+            for part in (
+                f"plain paths only: {plain}" if plain else "",
+                f"not probed: {unknown}" if unknown else "",
+            )
+            if part
+        )
+        return (
+            f"the model's IPFS CID {request.ipfs_cid} checks bytes only through the DAG a "
+            f"trustless gateway gives, and no trustless gateway is configured ({seen})"
+        )
 
     def known_mode(self, gateway: str) -> Mode | None:
         """What a probe found about `gateway` in this run, if it was probed and finished."""

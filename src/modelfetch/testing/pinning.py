@@ -15,12 +15,12 @@ from typing import Any, ClassVar, Final
 from aiohttp import BodyPartReader, web
 
 from ..ipfs.cid import Cid
+from ..ipfs.directory import directory_node
 from ..ipfs.importer import (
     CIDV1_DEFAULTS,
     UNIXFS_V0_2015,
     DagNode,
     UnixFSFileBuilder,
-    directory_node,
     file_node,
 )
 from ._server import OriginServer, Target

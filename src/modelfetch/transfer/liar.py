@@ -5,6 +5,9 @@ word proves nothing first, the hub itself last): their ranges are fetched again 
 origin, the *referee*, and compared with what is on disk; differing bytes are overwritten with
 the referee's. If the file then verifies, the suspect lied. Each suspect is tried once, so the
 hunt ends: either the file is right and the liar named, or the failure stands.
+
+A file known by its IPFS DAG (its block index) says itself which leaves are wrong: only the
+origins that sent bytes of those leaves are suspects, and only those bytes are fetched again.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SourceError, VerificationError
 from ..hashes import Digests, Verified
@@ -23,6 +27,9 @@ from ..sources.base import Origin
 from ..store import storage_error
 from .assemble import Assembler
 from .origins import RunState
+
+if TYPE_CHECKING:
+    from ..ipfs.blockindex import BlockIndex
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,12 @@ async def hunt(
     accomplices: list[str] = []
     by_origin = assembler.spans.by_origin()
     known = {o.base_url: o for o in candidates}
+    dag = assembler.identity.dag
+    if dag is not None:  # the leaves say where the wrong bytes are: suspect only their senders
+        bad = await asyncio.to_thread(_bad_leaves, assembler, dag)
+        if bad:
+            narrowed = {o: _overlap(r, bad) for o, r in by_origin.items()}
+            by_origin = {o: r for o, r in narrowed.items() if r}
 
     def suspicion(base: str | None) -> tuple[int, int]:
         origin = known.get(base) if base is not None else None
@@ -138,6 +151,40 @@ async def _compare_and_fix(
         finally:
             stream.close()
     return wrong, fetched
+
+
+def _bad_leaves(assembler: Assembler, dag: BlockIndex) -> list[tuple[int, int]]:
+    """The ranges of the leaves whose bytes on disk do not hash to their CIDs (blocking)."""
+    from ..ipfs.leafcheck import leaf_check  # only files known by their DAG need it
+
+    bad: list[tuple[int, int]] = []
+    leaves = dag.leaves
+    i = 0
+    while i < len(leaves):
+        j, end = i, leaves[i].end
+        while j + 1 < len(leaves) and leaves[j + 1].end - leaves[i].offset <= COMPARE_BATCH * 8:
+            j += 1
+            end = leaves[j].end
+        start = leaves[i].offset
+        try:
+            data = os.pread(assembler.fileno, end - start, start)
+        except OSError as exc:
+            raise storage_error(exc, assembler.partial.data) from None
+        for s, e in leaf_check(dag, start, data):
+            _merge(bad, s, e)
+        i = j + 1
+    return bad
+
+
+def _overlap(ranges: list[tuple[int, int]], bad: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of `ranges` inside `bad` (both sorted, non-overlapping)."""
+    out: list[tuple[int, int]] = []
+    for start, end in ranges:
+        for b_start, b_end in bad:
+            lo, hi = max(start, b_start), min(end, b_end)
+            if lo < hi:
+                out.append((lo, hi))
+    return out
 
 
 def _differs_then_fix(assembler: Assembler, offset: int, data: bytes, undo: _Undo) -> bool:

@@ -12,14 +12,18 @@ Every answer carries `X-Ipfs-Path`, `X-Ipfs-Roots`, an `Etag` and
 `Cache-Control: public, max-age=29030400, immutable`. Blocks are read from the verified files
 (leaves) or rebuilt with them (directory and file nodes), and hash-checked on the way out; a
 file that no longer matches its stamp is not served. Auth is the app's: its middlewares run
-first (these are read routes).
+first, and these are read routes, which `serve --mirror --open-reads` opens (what has a CID
+was published to IPFS: it is public by nature).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from aiohttp import web
 
 from ...config import Settings
+from ..auth import CONFIG
 from .dags import StoreDags
 from .handlers import CACHE_CONTROL, DAGS, PROBE_CID, handle
 
@@ -46,6 +50,15 @@ def add_gateway(
     """
     store_dags = dags if dags is not None else StoreDags(settings)
     app[DAGS] = store_dags
+
+    def is_gateway_read(request: web.Request) -> bool:
+        """A GET or HEAD routed to the gateway (what `--open-reads` opens)."""
+        return request.method in ("GET", "HEAD") and request.match_info.handler is handle
+
+    config = app[CONFIG]
+    app[CONFIG] = dataclasses.replace(
+        config, open_read_checks=(*config.open_read_checks, is_gateway_read)
+    )
     app.router.add_get("/ipfs/{cid}", handle)
     app.router.add_get("/ipfs/{cid}/{path:.*}", handle)
     return store_dags

@@ -16,35 +16,36 @@ from ...hashes import file_signature
 from ...inventory import inspect_model
 from ...ipfs.cid import Cid, verify_block
 from ...store import Store
-from .index import DagIndex, Leaf, build_index
+from .index import DagIndex, Place, build_index
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two looks at the manifest for models published or pulled meanwhile.
 REFRESH_INTERVAL = 1.0
 
-IndexBuilder = Callable[[str, Cid, dict[str, Path]], DagIndex | None]
+IndexBuilder = Callable[[Store, ModelSpec, Cid, dict[str, Path]], DagIndex | None]
 
 
 class Stale(Exception):
     """A file changed since its blocks were indexed: the index must be rebuilt."""
 
 
-def read_leaf(leaf: Leaf, signature: tuple[int, int, int] | None) -> bytes:
+def read_leaf(place: Place, signature: tuple[int, int, int] | None) -> bytes:
     """A leaf block's bytes, read from its verified file (blocking).
 
     Raises Stale when the file's signature is no longer the one it was verified with.
     """
+    leaf = place.leaf
     try:
-        if signature is not None and file_signature(leaf.path) != signature:
-            raise Stale(f"{leaf.path} changed since it was verified")
-        with open(leaf.path, "rb", buffering=0) as f:
+        if signature is not None and file_signature(place.path) != signature:
+            raise Stale(f"{place.path} changed since it was verified")
+        with open(place.path, "rb", buffering=0) as f:
             data = os.pread(f.fileno(), leaf.length, leaf.offset)
     except FileNotFoundError:
-        raise Stale(f"{leaf.path} is gone") from None
+        raise Stale(f"{place.path} is gone") from None
     if len(data) != leaf.length:
-        raise Stale(f"{leaf.path} is shorter than when it was verified")
-    return b"".join((leaf.prefix, data, leaf.suffix)) if leaf.prefix else data
+        raise Stale(f"{place.path} is shorter than when it was verified")
+    return place.block(data)
 
 
 class StoreDags:
@@ -124,13 +125,13 @@ class StoreDags:
             return None, why
         files = {f.path: self.store.final_path(spec, f.path) for f in status.files}
         try:
-            index = await asyncio.to_thread(self._build, spec.name, cid, files)
+            index = await asyncio.to_thread(self._build, self.store, spec, cid, files)
         except (OSError, ValueError) as exc:
             log.warning("gateway: cannot index %s: %s", spec.name, exc)
             return None, str(exc)
         if index is None:
             return None, "its files do not give its CID with a known profile"
-        log.info("gateway: serving %s as %s (%s)", spec.name, cid, index.profile)
+        log.info("gateway: serving %s as %s (from %s)", spec.name, cid, index.how)
         return index, ""
 
     def forget(self, model: str) -> None:
@@ -144,13 +145,18 @@ class StoreDags:
         """Model name -> root CID of each model served now."""
         return {name: index.root for name, index in self._indexes.items()}
 
+    def indexed_from(self, model: str) -> str | None:
+        """Where a served model's index came from (saved block indexes, or re-chunked)."""
+        index = self._indexes.get(model)
+        return index.how if index is not None else None
+
     def refused(self) -> dict[str, tuple[str, str]]:
         """Model name -> (CID, why) of each model with a CID that is not served."""
         return dict(self._refused)
 
     # -- blocks --------------------------------------------------------------------------
 
-    def _find(self, cid: Cid) -> tuple[DagIndex, bytes | Leaf] | None:
+    def _find(self, cid: Cid) -> tuple[DagIndex, bytes | Place] | None:
         for index in self._indexes.values():
             where = index.locate(cid)
             if where is not None:

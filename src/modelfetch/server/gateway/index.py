@@ -1,40 +1,42 @@
 """Where each block of a model's DAG lives: small nodes as bytes, leaves as places in its files.
 
-This is the gateway's one view of a block index. Until the store keeps one beside its stamps
-(`ipfs/blockindex.py`), it is computed here from the verified files with the importer, on the
-first request that needs the model, and kept in memory: the files are re-chunked once, no
-block's bytes are ever stored a second time.
+Built from the block indexes the store keeps beside its stamps (`ipfs/blockindex.py`: saved by
+`publish`, and by pulls whose files were verified by their DAG), so serving a model reads no
+file until a leaf is asked for. A model whose files have no saved index (verified by SHA-256
+only) is re-chunked once with the profiles that can give its CID, and the indexes found are
+saved for the next start. No block's bytes are ever stored a second time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...catalog import ModelSpec
 from ...hashes import file_signature
-from ...ipfs.cid import RAW, Cid
-from ...ipfs.importer import DagNode, DirectoryBuilder, Profile, UnixFSFileBuilder
-from ...ipfs.unixfs import decode_pbnode, decode_unixfs, file_leaf_affixes
-from ...ipfs.verify import candidate_profiles
+from ...ipfs import blockindex
+from ...ipfs.blockindex import BlockIndex, DirectoryIndex, index_file
+from ...ipfs.cid import Cid
+from ...ipfs.importer import PROFILES, Profile
+from ...store import Store
 
 log = logging.getLogger(__name__)
 
-_READ_SIZE = 4 * 1024 * 1024
 Signature = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
-class Leaf:
-    """A leaf block: `length` bytes of `path` at `offset`, wrapped in `prefix`/`suffix` when
-    the leaf is a dag-pb UnixFS node (both empty for a raw leaf)."""
+class Place:
+    """A leaf block: its bytes are `leaf.length` bytes of `path` at `leaf.offset`."""
 
     path: Path
-    offset: int
-    length: int
-    prefix: bytes = b""
-    suffix: bytes = b""
+    leaf: blockindex.Leaf
+
+    def block(self, data: bytes) -> bytes:
+        """The leaf block these file bytes make (a dag-pb leaf wraps them)."""
+        return self.leaf.block(data)
 
 
 def block_key(cid: Cid) -> Cid:
@@ -46,23 +48,23 @@ def block_key(cid: Cid) -> Cid:
 class DagIndex:
     """The blocks of one model's directory DAG (`root`), and the file signatures they hold for.
 
-    `nodes` are the small blocks (directories, file parents), `leaves` the file chunks, both
-    keyed by `block_key`; `signatures` are (size, mtime, inode) of each file when indexed.
+    `nodes` are the small blocks (directories, HAMT shards, file parents), `leaves` the file
+    chunks, both keyed by `block_key`; `signatures` are (size, mtime, inode) of each file.
     """
 
     model: str
     root: Cid
-    profile: str
     nodes: dict[Cid, bytes] = field(default_factory=dict)
-    leaves: dict[Cid, Leaf] = field(default_factory=dict)
+    leaves: dict[Cid, Place] = field(default_factory=dict)
     files: dict[str, Cid] = field(default_factory=dict)
     signatures: dict[Path, Signature] = field(default_factory=dict)
+    how: str = ""  # where the index came from (saved indexes, or re-chunked with a profile)
 
     def __contains__(self, cid: Cid) -> bool:
         key = block_key(cid)
         return key in self.nodes or key in self.leaves
 
-    def locate(self, cid: Cid) -> bytes | Leaf | None:
+    def locate(self, cid: Cid) -> bytes | Place | None:
         """The block's bytes (a small node), where it lives (a leaf), or None."""
         key = block_key(cid)
         node = self.nodes.get(key)
@@ -75,116 +77,114 @@ class DagIndex:
         except OSError:
             return False
 
-
-class _Collector:
-    """Sorts the blocks one builder emits for one file into the index's nodes and leaves."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.nodes: dict[Cid, bytes] = {}
-        self.leaves: dict[Cid, Leaf] = {}
-
-    def __call__(self, cid: Cid, block: bytes) -> None:
-        key = block_key(cid)
-        if cid.codec == RAW:
-            self._leaf(key, len(block), b"", b"")
-            return
-        pb = decode_pbnode(block)
-        data = decode_unixfs(pb.data).data if pb.data is not None else None
-        if not pb.links and data:
-            prefix, suffix = file_leaf_affixes(len(data))
-            if len(prefix) + len(data) + len(suffix) == len(block):
-                self._leaf(key, len(data), prefix, suffix)
-                return
-        self.nodes[key] = block
-        # a parent (or an empty file's node): its leaves came before it, offsets are right
-
-    def _leaf(self, key: Cid, length: int, prefix: bytes, suffix: bytes) -> None:
-        self.leaves.setdefault(key, Leaf(self.path, self.offset, length, prefix, suffix))
-        self.offset += length
+    def add_file(self, rel: str, path: Path, index: BlockIndex, signature: Signature) -> None:
+        self.files[rel] = index.root
+        self.signatures[path] = signature
+        for cid, block in index.nodes.items():
+            self.nodes[block_key(cid)] = block
+        for leaf in index.leaves:
+            if leaf.kind != "inline":  # inline bytes live in their node, not a block
+                self.leaves.setdefault(block_key(leaf.cid), Place(path, leaf))
 
 
-def _keep_in(nodes: dict[Cid, bytes]) -> Callable[[Cid, bytes], None]:
-    def keep(cid: Cid, block: bytes) -> None:
-        nodes[block_key(cid)] = block
-
-    return keep
+def candidate_profiles(root: Cid) -> tuple[Profile, ...]:
+    """The known import profiles that can give a directory CID of this version."""
+    return tuple(p for p in PROFILES.values() if p.cid_version == root.version)
 
 
-def _index_files(
-    files: Mapping[str, Path], profiles: tuple[Profile, ...]
-) -> list[tuple[dict[str, DagNode], list[_Collector], Mapping[Path, Signature]]]:
-    """Chunk every file once, with each candidate profile (one read feeds all builders)."""
-    per_profile: list[tuple[dict[str, DagNode], list[_Collector]]] = [({}, []) for _ in profiles]
-    signatures: dict[Path, Signature] = {}
-    buf = bytearray(_READ_SIZE)
-    view = memoryview(buf)
-    for rel, path in files.items():
-        before = file_signature(path)
-        collectors = [_Collector(path) for _ in profiles]
-        builders = [
-            UnixFSFileBuilder(p, on_block=c) for p, c in zip(profiles, collectors, strict=True)
-        ]
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                for b in builders:
-                    b.update(view[:n])
-        if file_signature(path) != before:
-            raise OSError(f"{path} changed while it was being indexed")
-        signatures[path] = before
-        for (nodes, kept), builder, collector in zip(
-            per_profile, builders, collectors, strict=True
-        ):
-            nodes[rel] = builder.finish_node()
-            kept.append(collector)
-    return [(nodes, kept, signatures) for nodes, kept in per_profile]
+def _from_saved(
+    store: Store, spec: ModelSpec, root: Cid, files: Mapping[str, Path]
+) -> DagIndex | None:
+    tree = DirectoryIndex.load(store.directory_index_path(spec, root))
+    indexes: dict[str, BlockIndex] = {}
+    for rel in files:
+        cids = [tree.files[rel]] if tree is not None and rel in tree.files else None
+        for text in cids or store.block_index_roots(spec, rel):
+            found = store.load_block_index(spec, rel, text)  # None if the file changed since
+            if found is not None:
+                indexes[rel] = found
+                break
+        if rel not in indexes:
+            return None
+    if tree is None:  # saved by a pull: the files' DAGs only, the directory is rebuilt
+        tree = _matching_tree(root, indexes, candidate_profiles(root))
+        if tree is None:
+            return None
+    if block_key(tree.root) != block_key(root) or set(tree.files) != set(files):
+        return None
+    return _assemble(spec.name, root, tree, indexes, files, "saved block indexes")
+
+
+def _matching_tree(
+    root: Cid, indexes: Mapping[str, BlockIndex], profiles: tuple[Profile, ...]
+) -> DirectoryIndex | None:
+    for profile in profiles:
+        tree = DirectoryIndex.build(indexes, profile)
+        if block_key(tree.root) == block_key(root):
+            return tree
+    return None
+
+
+def _assemble(
+    model: str,
+    root: Cid,
+    tree: DirectoryIndex,
+    indexes: Mapping[str, BlockIndex],
+    files: Mapping[str, Path],
+    how: str,
+) -> DagIndex | None:
+    out = DagIndex(model, root, how=how)
+    for cid, block in tree.nodes.items():
+        out.nodes[block_key(cid)] = block
+    for rel, index in indexes.items():
+        try:
+            out.add_file(rel, files[rel], index, file_signature(files[rel]))
+        except OSError:
+            return None
+    return out
 
 
 def build_index(
-    model: str,
+    store: Store,
+    spec: ModelSpec,
     root: Cid,
     files: Mapping[str, Path],
     *,
     profiles: tuple[Profile, ...] | None = None,
-    on_miss: Callable[[str], None] | None = None,
 ) -> DagIndex | None:
     """Index the DAG `root` names over a model's verified `files` (relative path -> file).
 
-    The directory is rebuilt as `ipfs add -r` would with each profile that can give `root`;
-    the first that does is kept. None (and `on_miss(reason)`) when none gives it: those files
-    are then not served under that CID. Blocking: run it in a worker thread.
+    Saved block indexes first; else each file is re-chunked with every profile that can give
+    `root` (one read per profile), the directory rebuilt, and the profile that gives `root`
+    kept (its indexes saved beside the stamps). None when none does: the files are then not
+    served under that CID. Blocking: run it in a worker thread.
     """
-    candidates = profiles or candidate_profiles(root)
-    results = _index_files(files, candidates)
-    want = block_key(root)
+    if profiles is None:
+        saved = _from_saved(store, spec, root, files)
+        if saved is not None:
+            return saved
     got: list[str] = []
-    for profile, (nodes, collectors, signatures) in zip(candidates, results, strict=True):
-        index = DagIndex(model, root, profile.name, signatures=dict(signatures))
-        dir_nodes: dict[Cid, bytes] = {}
-        builder = DirectoryBuilder(profile, on_block=_keep_in(dir_nodes))
-        for rel, node in nodes.items():
-            builder.add(rel, node)
-        dir_root = builder.finish_node().cid
-        got.append(f"{dir_root} ({profile.name})")
-        if block_key(dir_root) != want:
+    for profile in profiles or candidate_profiles(root):
+        indexes = {rel: index_file(path, profile)[1] for rel, path in files.items()}
+        tree = DirectoryIndex.build(indexes, profile)
+        got.append(f"{tree.root} ({profile.name})")
+        if block_key(tree.root) != block_key(root):
             continue
-        index.nodes.update(dir_nodes)
-        for rel, node in nodes.items():
-            index.files[rel] = node.cid
-        for c in collectors:
-            index.nodes.update(c.nodes)
-            for key, leaf in c.leaves.items():
-                index.leaves.setdefault(key, leaf)
-        return index
-    reason = (
-        f"model {model}: its verified files give {', '.join(got)}, not its CID {root}: "
-        "they are not served under it (published with another chunker or another file set?)"
+        for rel, index in indexes.items():
+            store.save_block_index(spec, rel, index)
+        try:
+            tree.save(store.directory_index_path(spec, tree.root))
+        except OSError as exc:
+            log.warning("could not save the directory index of %s: %s", spec.name, exc)
+        return _assemble(spec.name, root, tree, indexes, files, f"re-chunked ({profile.name})")
+    log.warning(
+        "model %s: its verified files give %s, not its CID %s: they are not served under it "
+        "(published with another chunker, or another file set?)",
+        spec.name,
+        ", ".join(got) or "no CID of this version",
+        root,
     )
-    log.warning("%s", reason)
-    if on_miss is not None:
-        on_miss(reason)
     return None
 
 
-__all__ = ["DagIndex", "Leaf", "block_key", "build_index"]
+__all__ = ["DagIndex", "Place", "block_key", "build_index", "candidate_profiles"]

@@ -875,8 +875,31 @@ function refreshSoon(delay) {
   }, delay);
 }
 
+// The mirror's figures (`serve --mirror`); the panel stays hidden on a plain server (404).
+async function refreshMirror() {
+  let figures;
+  try {
+    figures = await api("mirror");
+  } catch {
+    $("mirror").hidden = true;
+    return;
+  }
+  const rows = [
+    ["Requests", String(figures.requests)],
+    ["Bytes served", fmtBytes(figures.bytes_served)],
+    ["Hit ratio", `${fmtPct(figures.hit_ratio * 100)} (${figures.hits} hits, ${figures.misses} misses)`],
+    ["Pull-through transfers in flight", String(figures.pulls_in_flight)],
+    ["Pull-through transfers", `${figures.pulls} (${figures.pulls_failed} failed)`],
+    ["Clients (last 10 min)", String(figures.clients)],
+  ];
+  $("mirror-url").textContent = location.origin;
+  $("mirror-body").replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  $("mirror").hidden = false;
+}
+
 async function refreshMetrics() {
   if (state.stopped) return;
+  refreshMirror();
   if (state.refreshing) {
     state.refreshAgain = true;
     return;
@@ -919,7 +942,22 @@ function healthBadge(status) {
   return h("span", { class: `badge health-${known}` }, known);
 }
 
-/** One row per gateway (or hub) of a layer: status, success rate, p95, attempts. */
+/** A gateway's score (0-100, from its recent attempts; the higher, the sooner it is asked). */
+function fmtScore(g) {
+  if (!Number.isFinite(g.score)) return "—";
+  const speed = [
+    Number.isFinite(g.ttfb_ms) ? `first byte ${fmtMs(g.ttfb_ms)}` : null,
+    Number.isFinite(g.throughput_bps) ? fmtSpeed(g.throughput_bps) : null,
+  ].filter(Boolean);
+  return h(
+    "span",
+    { class: "score", title: speed.length ? speed.join(", ") : null },
+    g.score.toFixed(1),
+  );
+}
+
+/** One row per gateway (or hub) of a layer, best score first: status, success rate, p95,
+ * attempts, score. */
 function gatewayTable(label, what, gateways) {
   const head = h(
     "tr",
@@ -928,9 +966,12 @@ function gatewayTable(label, what, gateways) {
     h("th", { scope: "col" }, "Status"),
     h("th", { scope: "col", class: "num" }, "Success"),
     h("th", { scope: "col", class: "num" }, "p95"),
-    h("th", { scope: "col", class: "num" }, "Attempts"),
+    h("th", { scope: "col", class: "num", title: "Attempts in the window" }, "Tries"),
+    h("th", { scope: "col", class: "num", title: "0-100: how soon it is asked, best first" }, "Score"),
   );
-  const rows = gateways.map(([url, g]) => {
+  const score = (g) => (Number.isFinite(g.score) ? g.score : -1);
+  const ranked = gateways.slice().sort(([, a], [, b]) => score(b) - score(a));
+  const rows = ranked.map(([url, g]) => {
     const tr = h(
       "tr",
       {},
@@ -939,9 +980,11 @@ function gatewayTable(label, what, gateways) {
       h("td", { class: "num" }, fmtPct(g.success_rate)),
       h("td", { class: "num" }, g.success_rate > 0 ? fmtMs(g.p95_latency_ms) : "—"),
       h("td", { class: "num" }, String(g.attempts ?? 0)),
+      h("td", { class: "num score-cell" }, fmtScore(g)),
     );
     tr.dataset.gateway = url;
     tr.dataset.status = g.status;
+    if (Number.isFinite(g.score)) tr.dataset.score = String(g.score);
     return tr;
   });
   return h(
@@ -1070,7 +1113,7 @@ function renderAttempts(rows) {
             "td",
             { class: "error-cell" },
             r.error_type
-              ? h("span", { class: isCacheMiss(r) ? "error-type miss" : "error-type" }, r.error_type)
+              ? h("span", { class: isCacheMiss(r) || r.status === "skipped" ? "error-type miss" : "error-type" }, r.error_type)
               : "",
             r.error_message ? ` ${r.error_message}` : "",
           ),

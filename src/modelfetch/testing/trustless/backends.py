@@ -13,7 +13,8 @@ import aiohttp
 from modelfetch.ipfs.blockstore import MemoryBlockStore
 from modelfetch.ipfs.car import read_car
 from modelfetch.ipfs.cid import RAW, Cid, make_cid
-from modelfetch.ipfs.importer import DirectoryBuilder, Profile, UnixFSFileBuilder
+from modelfetch.ipfs.directory import DirectoryBuilder
+from modelfetch.ipfs.importer import Profile, UnixFSFileBuilder
 
 
 class BlockBackend(Protocol):
