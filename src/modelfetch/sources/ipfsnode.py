@@ -16,6 +16,7 @@ from ..errors import BadBlock, SourceError, Stalled
 from ..events import Layer
 from ..hashes import Identity
 from ..httpclient import Client
+from ..ipfs.blockindex import fetch_index
 from ..ipfs.cid import Cid
 from ..ipfs.dagfile import DagReader
 from ..ipfs.rpc import RpcBlocks, rpc_base
@@ -78,13 +79,14 @@ class NodeOrigin:
         return self.settings.pause
 
     async def identity(self, client: Client) -> Identity | None:
-        """The file's CID and size, read from verified blocks."""
+        """The file's CID, size and DAG (its block index: every internal node fetched from
+        the node and checked against its CID; the leaves then check the bytes)."""
         cid = await self.file_cid(client)
         try:
-            entry = await DagReader(self.blocks(client)).stat(cid)
+            dag = await fetch_index(self.blocks(client), cid)
         except KeyError as exc:
             raise Stalled(f"{self.base_url}: block {exc.args[0]} not found in time") from None
-        return Identity(size=entry.size, cid=str(cid), evidence="ipfs")
+        return Identity(size=dag.size, cid=str(cid), evidence="ipfs", dag=dag)
 
 
 class NodeByteStream:
