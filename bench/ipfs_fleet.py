@@ -32,8 +32,8 @@ from pathlib import Path
 from modelfetch.httpclient import Client, Timeouts
 from modelfetch.ipfs.cid import Cid
 from modelfetch.ipfs.dagfile import iter_car_stream_file
+from modelfetch.ipfs.importer import CIDV1_DEFAULTS, UnixFSFileBuilder
 from modelfetch.ipfs.rpc import RpcBlocks
-from modelfetch.ipfs.verify import CidCheck
 
 REPO = Path(__file__).resolve().parents[1]
 POLYFILL = REPO / "tests" / "ipfs_node" / "polyfill.cjs"
@@ -124,11 +124,12 @@ T = Timeouts(connect=10, answer=120, stall=120)
 
 async def path_gateway(client: Client, node: Node, cid: Cid) -> int:
     resp = await client.request("GET", f"{node.gateway}/ipfs/{cid}", timeouts=T)
-    check, n = CidCheck(str(cid)), 0
+    builder, n = UnixFSFileBuilder(CIDV1_DEFAULTS), 0  # the profile the file was added with
     async for chunk in resp.chunks():
-        check.update(chunk)
+        builder.update(chunk)
         n += len(chunk)
-    check.finish()
+    if builder.finish_node().cid != cid:
+        raise SystemExit(f"the path gateway's bytes do not give {cid}")
     return n
 
 
