@@ -30,6 +30,14 @@ fi
 scripts/ipfs-node.sh install
 export MODELFETCH_REQUIRE_IPFS_NODE="${MODELFETCH_REQUIRE_IPFS_NODE:-1}"
 
+# @helia/verified-fetch, the independent judge of `serve --mirror`, from its lock file
+# (tests/test_gateway_helia.py); reinstalled only when the lock changes.
+vf=tests/verified_fetch
+if ! cmp -s "$vf/package-lock.json" "$vf/node_modules/.modelfetch-installed" 2>/dev/null; then
+  (cd "$vf" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$vf/package-lock.json" "$vf/node_modules/.modelfetch-installed"
+fi
+
 echo "== ruff"
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench

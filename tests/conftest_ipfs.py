@@ -1,4 +1,9 @@
-"""Pytest fixture: a real js-ipfs node (kubo-compatible RPC + gateway) on loopback, offline."""
+"""Pytest fixtures: real js-ipfs nodes (kubo-compatible RPC + gateway) on loopback.
+
+`ipfs_node`: one offline node. `ipfs_pair`: two online nodes whose only swarm addresses are
+on 127.0.0.1, connected to each other (and to nobody else: no bootstrap, no mDNS), so blocks
+move between them over bitswap.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +40,12 @@ class IpfsNode:
     gateway: str
     ipfs_path: Path
     log: Path
+    swarm: str | None = None  # the libp2p listen address of an online node
+
+    @property
+    def rpc(self) -> str:
+        """The RPC base URL, without `/api/v0` (what `[ipfs] rpc` takes)."""
+        return self.api.removesuffix("/api/v0")
 
 
 def _unavailable(reason: str) -> None:
@@ -88,8 +100,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def _start(jsipfs: Path, base: Path) -> tuple[subprocess.Popen[bytes], IpfsNode]:
+def _post_json(url: str) -> dict[str, object]:
+    req = urllib.request.Request(url, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        data = json.loads(resp.read() or b"{}")
+    assert isinstance(data, dict)
+    return data
+
+
+def _start(
+    jsipfs: Path, base: Path, *, online: bool = False
+) -> tuple[subprocess.Popen[bytes], IpfsNode]:
     api_port, gw_port, grpc_port = _free_port(), _free_port(), _free_port()
+    swarm = f"/ip4/127.0.0.1/tcp/{_free_port()}" if online else None
     repo = base / "repo"
     config = base / "init-config.json"
     config.write_text(
@@ -99,7 +122,8 @@ def _start(jsipfs: Path, base: Path) -> tuple[subprocess.Popen[bytes], IpfsNode]
                     "API": f"/ip4/127.0.0.1/tcp/{api_port}",
                     "Gateway": f"/ip4/127.0.0.1/tcp/{gw_port}",
                     "RPC": f"/ip4/127.0.0.1/tcp/{grpc_port}",
-                    "Swarm": [],  # no libp2p listeners at all: the node is offline
+                    # offline: no libp2p listener at all; online: loopback only
+                    "Swarm": [swarm] if swarm else [],
                     "Delegates": [],
                 },
                 "Bootstrap": [],
@@ -116,7 +140,7 @@ def _start(jsipfs: Path, base: Path) -> tuple[subprocess.Popen[bytes], IpfsNode]
             [
                 str(jsipfs),
                 "daemon",
-                "--offline",
+                *([] if online else ["--offline"]),
                 "--init-profile",
                 "test",
                 "--init-config",
@@ -128,18 +152,21 @@ def _start(jsipfs: Path, base: Path) -> tuple[subprocess.Popen[bytes], IpfsNode]
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    node = IpfsNode(f"http://127.0.0.1:{api_port}/api/v0", f"http://127.0.0.1:{gw_port}", repo, log)
+    node = IpfsNode(
+        f"http://127.0.0.1:{api_port}/api/v0", f"http://127.0.0.1:{gw_port}", repo, log, swarm
+    )
     return proc, node
 
 
-@pytest.fixture(scope="session")
-def ipfs_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpfsNode]:
-    """Start a js-ipfs node in a temp repo on free loopback ports; stop it at the end."""
-    jsipfs = _jsipfs()
+@contextmanager
+def _running(
+    jsipfs: Path, tmp_path_factory: pytest.TempPathFactory, name: str, *, online: bool
+) -> Iterator[IpfsNode]:
+    """A started node (two tries: a port picked as free may be taken before it binds it)."""
     last_log = ""
-    for attempt in range(2):  # a port picked as free may be taken before the node binds it
-        base = tmp_path_factory.mktemp(f"ipfs-node-{attempt}")
-        proc, node = _start(jsipfs, base)
+    for attempt in range(2):
+        base = tmp_path_factory.mktemp(f"{name}-{attempt}")
+        proc, node = _start(jsipfs, base, online=online)
         deadline = time.monotonic() + START_TIMEOUT
         try:
             while time.monotonic() < deadline and proc.poll() is None:
@@ -153,3 +180,23 @@ def ipfs_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpfsNode]:
             _stop(proc)
         last_log = node.log.read_text(errors="replace")[-3000:]
     pytest.fail(f"the js-ipfs node did not start; its log ends with:\n{last_log}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def ipfs_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpfsNode]:
+    """Start a js-ipfs node in a temp repo on free loopback ports; stop it at the end."""
+    with _running(_jsipfs(), tmp_path_factory, "ipfs-node", online=False) as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def ipfs_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[IpfsNode, IpfsNode]]:
+    """Two online nodes on loopback swarm ports, B connected to A (no other peer exists)."""
+    jsipfs = _jsipfs()
+    with (
+        _running(jsipfs, tmp_path_factory, "ipfs-a", online=True) as a,
+        _running(jsipfs, tmp_path_factory, "ipfs-b", online=True) as b,
+    ):
+        peer = _post_json(f"{a.api}/id")["ID"]
+        _post_json(f"{b.api}/swarm/connect?arg={a.swarm}/p2p/{peer}")
+        yield a, b

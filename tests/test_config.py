@@ -211,3 +211,13 @@ def test_an_empty_gateway_list_means_no_gateway(tmp_path: Path) -> None:
     config.write_text("[ipfs]\ngateways = []\n")
     settings = load_settings(config_file=config, env={})
     assert settings.ipfs.gateways == ()
+
+
+def test_ipfs_rpc_nodes_from_file_and_env(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[ipfs]\nrpc = ["http://127.0.0.1:5001/"]\ngateways = []\n')
+    s = load_settings(config_file=cfg, env={})
+    assert s.ipfs.rpc == ("http://127.0.0.1:5001",) and s.ipfs.gateways == ()
+    s = load_settings(config_file=cfg, env={"MODELFETCH_IPFS_RPC": "http://10.0.0.2:5001"})
+    assert s.ipfs.rpc == ("http://10.0.0.2:5001",)
+    with pytest.raises(ConfigError, match=r"\[ipfs\] rpc"):
+        load_settings(config_file=write(tmp_path, '[ipfs]\nrpc = ["ftp://x"]\n'), env={})

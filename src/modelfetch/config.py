@@ -33,6 +33,9 @@ class IPFSSettings:
     """How IPFS gateways are tried."""
 
     gateways: tuple[str, ...] = DEFAULT_GATEWAYS
+    #: RPC base URLs of IPFS nodes used as trustless block sources (`block/get`), tried
+    #: before the gateways: a machine's own node (`http://127.0.0.1:5001`) in a fleet.
+    rpc: tuple[str, ...] = ()
     timeout: float = 30.0  # seconds without progress before a try is abandoned
     retries: int = 2  # tries per gateway
     pause: float = 1.0  # seconds between tries of one gateway
@@ -374,6 +377,8 @@ def _section(default: Any, value: object, name: str, where: str) -> Any:
         current = getattr(default, key)
         if key == "gateways":
             changes[key] = _gateways(raw, f"{where}: [ipfs] gateways")
+        elif key == "rpc" and name == "ipfs":
+            changes[key] = _gateways(raw, f"{where}: [ipfs] rpc")
         elif key == "mirrors":
             changes[key] = _mirrors(raw, f"{where}: [huggingface] mirrors")
         elif key == "endpoint":
@@ -436,4 +441,6 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
         ipfs = replace(
             ipfs, gateways=_gateways(env["MODELFETCH_IPFS_GATEWAYS"], "MODELFETCH_IPFS_GATEWAYS")
         )
+    if env.get("MODELFETCH_IPFS_RPC"):
+        ipfs = replace(ipfs, rpc=_gateways(env["MODELFETCH_IPFS_RPC"], "MODELFETCH_IPFS_RPC"))
     return replace(settings, huggingface=hf, ipfs=ipfs)

@@ -36,7 +36,8 @@ from ._common import common_options, echo, handle_errors, settings_from
     "--mirror",
     is_flag=True,
     help="Also serve the store as a Hugging Face hub (HF_ENDPOINT=http://this-host:PORT), "
-    "pulling through what it lacks.",
+    "pulling through what it lacks, and its models with a CID as a trustless IPFS gateway "
+    "(/ipfs/<cid>).",
 )
 @click.option(
     "--open-reads",
@@ -85,6 +86,7 @@ def serve_command(
             base = url.removesuffix("/gm/")
             reads = "open to all" if open_reads else "token required" if token else "local"
             echo(f"Hugging Face mirror at {base} (HF_ENDPOINT={base}; reads {reads})")
+            echo(f'IPFS trustless gateway at {base}/ipfs/ ([ipfs] gateways = ["{base}"])')
         echo(f"modelfetch serving on {url} (Ctrl-C to stop{auth})")
 
     with contextlib.suppress(KeyboardInterrupt):  # where signal handlers are not available

@@ -240,7 +240,8 @@ def create_app(
     """The service as an aiohttp application (a Fetcher is created at startup).
 
     `token`: when set, requests need `Authorization: Bearer <token>` (see `auth`).
-    `mirror`: also serve the store as a Hugging Face hub (`mirror.add_mirror`);
+    `mirror`: also serve the store as a Hugging Face hub (`mirror.add_mirror`) and as a
+    trustless IPFS gateway (`gateway.add_gateway`);
     `open_reads`: its read routes answer without a token (needs `mirror`).
 
     Example::
@@ -281,9 +282,11 @@ def create_app(
 
     app.cleanup_ctx.append(_downloads_lifecycle)
     if mirror:
+        from .gateway import add_gateway
         from .mirror import add_mirror
 
         add_mirror(app, settings, open_reads=open_reads)
+        add_gateway(app, settings)  # the trustless IPFS gateway, under /ipfs/
     app.on_shutdown.append(_close_websockets)
     app.on_response_prepare.append(_static_headers)
     return app

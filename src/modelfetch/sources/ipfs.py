@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 from ..config import IPFSSettings
@@ -28,6 +28,9 @@ from ..ipfs.cid import Cid
 from ..ipfs.dagfile import DagReader, iter_car_stream_file
 from .base import ByteStream, FileRequest, Proof
 from .http import HTTPByteStream, open_range, request
+
+if TYPE_CHECKING:
+    from .ipfsnode import NodeOrigin
 
 PROBE_CID = "bafkqaaa"  # the empty identity CID: every gateway can answer it without a lookup
 RAW = "application/vnd.ipld.raw"
@@ -164,17 +167,23 @@ class IPFSGatewaySource:
     _modes: dict[str, asyncio.Future[Mode]] = field(default_factory=dict)
     _resolved: dict[tuple[str, str], Cid] = field(default_factory=dict)
 
-    def origins(self, request: FileRequest) -> list[GatewayOrigin]:
+    def origins(self, request: FileRequest) -> list[GatewayOrigin | NodeOrigin]:
         if request.ipfs_cid is None:
             return []
-        return [
+        from .ipfsnode import NodeOrigin  # a machine's own node first: `[ipfs] rpc`
+
+        nodes = [
+            NodeOrigin(self.settings, rpc, request.ipfs_cid, request.path)
+            for rpc in self.settings.rpc
+        ]
+        return nodes + [
             GatewayOrigin(self, gateway, request.ipfs_cid, request.path)
             for gateway in self.settings.gateways
         ]
 
     def why_none(self, request: FileRequest) -> str:
-        if not self.settings.gateways:
-            return "no IPFS gateway is configured"
+        if not self.settings.gateways and not self.settings.rpc:
+            return "no IPFS gateway or node RPC is configured"
         return "the model has no IPFS CID (configure one, or publish the model)"
 
     def why_unverifiable(self, request: FileRequest) -> str | None:
