@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .catalog import ModelSpec
-from .errors import Attempt, HashMismatch, ModelfetchError, error_type
+from .errors import Attempt, HashMismatch, ModelfetchError, error_type, same_failure
 from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent, ProgressMeter, now_ms
-from .sources.base import Origin
+from .sources.base import FileRequest, Origin, Source
 
 if TYPE_CHECKING:
     from .transfer import Delivered, OriginTally, RunState, Verdict, WrongBytes
@@ -233,3 +233,35 @@ def report_senders(delivered: Delivered, file_log: FileLog) -> list[OriginTally]
                 tally.first_byte_ms,
             )
     return used
+
+
+def unverifiable_reason(
+    layer: Layer, attempts: Sequence[Attempt], request: FileRequest, sources: Mapping[str, Source]
+) -> str:
+    """Why a layer's bytes cannot be checked: nothing says what the file must be.
+
+    A model with an IPFS CID is told why the CID did not help (a source's
+    `why_unverifiable`: e.g. no trustless gateway to give the DAG the CID names).
+    """
+    failed = [same_failure(a) for a in attempts if a.error_type != "CacheMiss"]
+    failed = [f for f in failed if f[2] != "Skipped"]
+    if failed:
+        why = "; ".join(f"{layer}: {kind}" for layer, _, kind, _ in failed[:3])
+        cause = f"no hash known: the metadata lookups failed ({why})"
+    elif request.ipfs_cid:
+        cause = "no manifest entry and no hash from the hub"
+    else:
+        cause = "no manifest entry, no hash from the hub and no IPFS CID"
+    if request.ipfs_cid:
+        details = [
+            getattr(s, "why_unverifiable", lambda _r: None)(request) for s in sources.values()
+        ]
+        cause += "".join(f"; {d}" for d in details if d)
+        advice = "or configure a trustless gateway (one that serves ?format=raw blocks)"
+    else:
+        advice = "or give the model a Hugging Face source or an IPFS CID"
+    what = "gateways'" if layer == "ipfs" else "the hub's"
+    return (
+        f"{what} bytes can't be checked ({cause}): the file cannot be verified; add it with "
+        f"`modelfetch manifest generate`, {advice}"
+    )

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from .attempts import FileLog, blame, report_liar, report_senders
+from .attempts import FileLog, blame, report_liar, report_senders, unverifiable_reason
 from .cachecheck import from_destination, from_hf_cache
 from .catalog import ModelSpec
 from .config import Settings, load_settings
@@ -27,15 +27,13 @@ from .destination import Destination, ModelsDir
 from .errors import (
     DOWN_EARLIER,
     AllSourcesFailed,
-    Attempt,
     ModelfetchError,
     NotCached,
     SourceError,
     StorageError,
     VerificationError,
-    same_failure,
 )
-from .events import AttemptEvent, Event, Layer, Listener, ProgressEvent
+from .events import AttemptEvent, Event, Listener, ProgressEvent
 from .hashes import Digests, Identity
 from .httpclient import Client
 from .records import Records
@@ -382,7 +380,7 @@ class Fetcher:
                 elif not any(a.origin == origin.base_url for a in file_log.attempts):
                     file_log.skipped(layer, origin.base_url, reason + DOWN_EARLIER)
             if usable and not identity.verifiable:
-                reason = _unverifiable_reason(layer, file_log.attempts, request, self._sources)
+                reason = unverifiable_reason(layer, file_log.attempts, request, self._sources)
                 file_log.skipped(layer, None, reason)
                 continue
             candidates.extend(usable)
@@ -501,35 +499,3 @@ async def _tick_every_second(file_log: FileLog) -> None:
     while True:
         await asyncio.sleep(1.0)
         file_log.tick()
-
-
-def _unverifiable_reason(
-    layer: Layer, attempts: Sequence[Attempt], request: FileRequest, sources: Mapping[str, Source]
-) -> str:
-    """Why a layer's bytes cannot be checked: nothing says what the file must be.
-
-    A model with an IPFS CID is told why the CID did not help (a source's
-    `why_unverifiable`: e.g. no trustless gateway to give the DAG the CID names).
-    """
-    failed = [same_failure(a) for a in attempts if a.error_type != "CacheMiss"]
-    failed = [f for f in failed if f[2] != "Skipped"]
-    if failed:
-        why = "; ".join(f"{layer}: {kind}" for layer, _, kind, _ in failed[:3])
-        cause = f"no hash known: the metadata lookups failed ({why})"
-    elif request.ipfs_cid:
-        cause = "no manifest entry and no hash from the hub"
-    else:
-        cause = "no manifest entry, no hash from the hub and no IPFS CID"
-    if request.ipfs_cid:
-        details = [
-            getattr(s, "why_unverifiable", lambda _r: None)(request) for s in sources.values()
-        ]
-        cause += "".join(f"; {d}" for d in details if d)
-        advice = "or configure a trustless gateway (one that serves ?format=raw blocks)"
-    else:
-        advice = "or give the model a Hugging Face source or an IPFS CID"
-    what = "gateways'" if layer == "ipfs" else "the hub's"
-    return (
-        f"{what} bytes can't be checked ({cause}): the file cannot be verified; add it with "
-        f"`modelfetch manifest generate`, {advice}"
-    )
