@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._request import CAR_TYPE, RAW_TYPE
+from ...server.gateway.request import CAR_TYPE, RAW_TYPE
 from .backends import BlockBackend, MemoryBackend, NodeBackend
 from .faults import (
     UNRELATED_BLOCK,

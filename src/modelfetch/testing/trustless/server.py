@@ -15,11 +15,7 @@ from modelfetch.ipfs.car import encode_header
 from modelfetch.ipfs.cid import Cid, encode_varint
 from modelfetch.ipfs.dagfile import DagReader
 
-from .._body import BodyWriter
-from .._server import Blob, OriginServer, Target
-from ..faults import Fault, On
-from ..rules import FaultRules
-from ._request import (
+from ...server.gateway.request import (
     CAR_TYPE,
     RAW_TYPE,
     Reject,
@@ -30,7 +26,11 @@ from ._request import (
     resolve_range,
     split_path,
 )
-from ._walk import SCOPES, Recorder, Walk, car_blocks, file_info, file_size, unique
+from ...server.gateway.walk import SCOPES, Recorder, Walk, car_blocks, file_info, file_size, unique
+from .._body import BodyWriter
+from .._server import Blob, OriginServer, Target
+from ..faults import Fault, On
+from ..rules import FaultRules
 from .backends import BlockBackend, MemoryBackend
 from .faults import (
     UNRELATED_BLOCK,
