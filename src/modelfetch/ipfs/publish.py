@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final, Literal, get_args
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any
 
 import aiohttp
 
@@ -22,44 +18,42 @@ from ..catalog import ModelSpec
 from ..config import Settings
 from ..errors import (
     ConfigError,
-    ConnectFailed,
-    HashMismatch,
-    HTTPStatus,
-    ModelfetchError,
-    SourceError,
-    Stalled,
     StorageError,
 )
 from ..inventory import inspect_model
 from ..records import Records
 from ..store import Store
 from .blockindex import BlockIndex, DirectoryIndex, index_file
-from .cid import Cid
 from .importer import DagNode, Profile, get_profile
+from .pinning import (  # noqa: F401  (re-exported: the constants are part of publish's API)
+    CONNECT_TIMEOUT,
+    DEFAULT_KUBO_API,
+    DEFAULT_PINATA_API,
+    DEFAULT_PSA_ENDPOINT,
+    ENV_KUBO_API,
+    ENV_KUBO_TOKEN,
+    ENV_PINATA_API,
+    ENV_PINATA_JWT,
+    ENV_PINATA_KEY,
+    ENV_PINATA_SECRET,
+    ENV_PSA_ENDPOINT,
+    ENV_PSA_TOKEN,
+    KUBO_LINKS,
+    MAX_POLL_INTERVAL,
+    PINATA_GATEWAY,
+    TARGETS,
+    Target,
+    check_origins,
+    display_url,
+    endpoint_and_auth,
+    is_pinata,
+    kubo_add,
+    pinata_upload,
+    psa_pin,
+    require_same,
+)
 
 log = logging.getLogger(__name__)
-
-Target = Literal["kubo", "pinata", "psa"]
-TARGETS: Final[tuple[Target, ...]] = get_args(Target)
-
-DEFAULT_KUBO_API: Final = "http://127.0.0.1:5001"
-DEFAULT_PINATA_API: Final = "https://api.pinata.cloud"
-DEFAULT_PSA_ENDPOINT: Final = "https://api.pinata.cloud/psa"
-PINATA_GATEWAY: Final = "https://gateway.pinata.cloud"
-
-#: Environment variables read for endpoints and credentials (credentials are never logged).
-ENV_KUBO_API: Final = "MODELFETCH_KUBO_API"
-ENV_KUBO_TOKEN: Final = "MODELFETCH_KUBO_TOKEN"
-ENV_PINATA_API: Final = "MODELFETCH_PINATA_API"
-ENV_PINATA_JWT: Final = "PINATA_JWT"
-ENV_PINATA_KEY: Final = "PINATA_API_KEY"
-ENV_PINATA_SECRET: Final = "PINATA_SECRET_KEY"
-ENV_PSA_ENDPOINT: Final = "MODELFETCH_PSA_ENDPOINT"
-ENV_PSA_TOKEN: Final = "MODELFETCH_PSA_TOKEN"
-
-CONNECT_TIMEOUT: Final = 10.0
-MAX_POLL_INTERVAL: Final = 15.0
-_KUBO_LINKS: Final = 174  # the balanced-DAG width kubo and Pinata use (not settable over RPC)
 
 
 @dataclass(frozen=True)
@@ -128,24 +122,6 @@ class PublishResult:
             "delegates": list(self.delegates),
             "published_at": self.published_at,
         }
-
-
-@dataclass(frozen=True)
-class _Auth:
-    """Request headers carrying credentials; `secrets` are scrubbed from every message."""
-
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-    source: str = "none"  # which variable or argument they came from (never their value)
-
-    def __repr__(self) -> str:
-        return f"_Auth(source={self.source!r})"
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
 
 
 # -- the local side ---------------------------------------------------------------------
@@ -278,15 +254,15 @@ async def publish(
     if to not in TARGETS:
         raise ConfigError(f"unknown publish target {to!r}: use one of {', '.join(TARGETS)}")
     env = os.environ if env is None else env
-    base, auth = _endpoint_and_auth(to, endpoint, token, env)
-    shown = _display_url(base)
+    base, auth = endpoint_and_auth(to, endpoint, token, env)
+    shown = display_url(base)
     prof = _profile_or_config_error(cid_version, profile)
-    if to == "pinata" and (prof.chunk_size != 262144 or prof.max_links != _KUBO_LINKS):
+    if to == "pinata" and (prof.chunk_size != 262144 or prof.max_links != KUBO_LINKS):
         raise ConfigError(
             f"Pinata chunks files with kubo's defaults (256 KiB, 174 links): profile "
             f"{prof.name} would give another CID; use --cid-version 0 or 1"
         )
-    checked_origins = _check_origins(origins) if to == "psa" else ()
+    checked_origins = check_origins(origins) if to == "psa" else ()
     if origins and to != "psa":
         raise ConfigError("--origin only applies to --to psa (a pinning service fetches by CID)")
 
@@ -312,11 +288,11 @@ async def publish(
     delegates: tuple[str, ...] = ()
     try:
         if to == "kubo":
-            service_cid = await _kubo_add(client, base, auth, local, io_timeout)
+            service_cid = await kubo_add(client, base, auth, local, io_timeout)
         elif to == "pinata":
-            service_cid = await _pinata_upload(client, base, auth, local, io_timeout)
+            service_cid = await pinata_upload(client, base, auth, local, io_timeout)
         else:
-            service_cid, request_id, delegates = await _psa_pin(
+            service_cid, request_id, delegates = await psa_pin(
                 client,
                 base,
                 auth,
@@ -330,8 +306,8 @@ async def publish(
         if own:
             await client.close()
 
-    _require_same(local, service_cid, f"{to} at {shown}")
-    if gateway_url is None and (to == "pinata" or _is_pinata(base)):
+    require_same(local, service_cid, f"{to} at {shown}")
+    if gateway_url is None and (to == "pinata" or is_pinata(base)):
         gateway_url = PINATA_GATEWAY
     when = datetime.now(UTC)
     await _record(settings, local, when, gateway_url)
@@ -360,19 +336,6 @@ def _profile_or_config_error(cid_version: int, profile: str | Profile | None) ->
         raise ConfigError(str(exc)) from None
 
 
-def _require_same(local: LocalModel, service_cid: str, where: str, files: str = "") -> None:
-    try:
-        same = Cid.parse(service_cid) == local.root.cid
-    except ValueError:
-        same = False
-    if not same:
-        raise HashMismatch(
-            f"{local.spec.name}: {where} reports CID {service_cid or '(none)'} but the local "
-            f"files give {local.cid} ({local.profile.name}); nothing was recorded. The service "
-            f"may chunk or link differently (profile), or a file changed during the upload." + files
-        )
-
-
 async def _record(
     settings: Settings, local: LocalModel, when: datetime, gateway_url: str | None
 ) -> None:
@@ -396,462 +359,6 @@ async def _record(
         await asyncio.to_thread(upsert)
     except StorageError as exc:  # the manifest, which pull reads first, already has the CID
         log.warning("%s: CID recorded in the manifest but not in the records: %s", local.cid, exc)
-
-
-# -- endpoints and credentials ----------------------------------------------------------
-
-
-def _endpoint_and_auth(
-    to: Target, endpoint: str | None, token: str | None, env: Mapping[str, str]
-) -> tuple[str, _Auth]:
-    token = token.strip() if token and token.strip() else None
-    if to == "kubo":
-        base = _base_url(endpoint or env.get(ENV_KUBO_API) or DEFAULT_KUBO_API, to)
-        if not base.endswith("/api/v0"):
-            base += "/api/v0"
-        secret = token or env.get(ENV_KUBO_TOKEN, "").strip() or None
-        auth = (
-            _Auth(
-                {"Authorization": f"Bearer {secret}"},
-                (secret,),
-                "token" if token else ENV_KUBO_TOKEN,
-            )
-            if secret
-            else _Auth()
-        )
-    elif to == "pinata":
-        base = _base_url(endpoint or env.get(ENV_PINATA_API) or DEFAULT_PINATA_API, to)
-        auth = _pinata_auth(token, env)
-    else:
-        base = _base_url(endpoint or env.get(ENV_PSA_ENDPOINT) or DEFAULT_PSA_ENDPOINT, to)
-        secret = token or env.get(ENV_PSA_TOKEN, "").strip() or None
-        source = "token" if token else ENV_PSA_TOKEN
-        if secret is None and _is_pinata(base):
-            secret, source = env.get(ENV_PINATA_JWT, "").strip() or None, ENV_PINATA_JWT
-        if secret is None:
-            more = f" (or ${ENV_PINATA_JWT} for Pinata's)" if _is_pinata(base) else ""
-            raise ConfigError(
-                f"the pinning service at {_display_url(base)} needs an access token: set "
-                f"${ENV_PSA_TOKEN}{more}"
-            )
-        auth = _Auth({"Authorization": f"Bearer {secret}"}, (secret,), source)
-    if auth.secrets and not _safe_for_secrets(base):
-        raise ConfigError(
-            f"refusing to send {to} credentials over plain http to {_display_url(base)}: "
-            "use an https endpoint (plain http is only allowed to loopback)"
-        )
-    return base, auth
-
-
-def _pinata_auth(token: str | None, env: Mapping[str, str]) -> _Auth:
-    jwt = token or env.get(ENV_PINATA_JWT, "").strip() or None
-    if jwt:
-        return _Auth(
-            {"Authorization": f"Bearer {jwt}"}, (jwt,), "token" if token else ENV_PINATA_JWT
-        )
-    key = env.get(ENV_PINATA_KEY, "").strip()
-    secret = env.get(ENV_PINATA_SECRET, "").strip()
-    if key and secret:
-        return _Auth(
-            {"pinata_api_key": key, "pinata_secret_api_key": secret},
-            (key, secret),
-            f"{ENV_PINATA_KEY}+{ENV_PINATA_SECRET}",
-        )
-    if key or secret:
-        missing = ENV_PINATA_SECRET if key else ENV_PINATA_KEY
-        raise ConfigError(f"Pinata credentials are incomplete: ${missing} is not set")
-    raise ConfigError(
-        f"Pinata needs credentials: set ${ENV_PINATA_JWT} (a JWT), or ${ENV_PINATA_KEY} and "
-        f"${ENV_PINATA_SECRET}"
-    )
-
-
-def _base_url(value: str, to: str) -> str:
-    value = value.strip().rstrip("/")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{to} endpoint {_display_url(value)!r} is not an http(s) URL")
-    return value
-
-
-def _display_url(url: str) -> str:
-    """The URL without any user:password part."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(invalid URL)"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _is_pinata(base: str) -> bool:
-    host = urlsplit(base).hostname or ""
-    return host == "pinata.cloud" or host.endswith(".pinata.cloud")
-
-
-def _safe_for_secrets(base: str) -> bool:
-    parts = urlsplit(base)
-    host = parts.hostname or ""
-    return parts.scheme == "https" or host in ("localhost", "::1") or host.startswith("127.")
-
-
-def _check_origins(origins: Iterable[str]) -> tuple[str, ...]:
-    out = []
-    for origin in origins:
-        origin = origin.strip()
-        if not origin.startswith("/") or " " in origin:
-            raise ConfigError(
-                f"--origin {origin!r} is not a multiaddr (e.g. /ip4/203.0.113.5/tcp/4001/p2p/12D3…)"
-            )
-        out.append(origin)
-    return tuple(out)
-
-
-# -- HTTP helpers -----------------------------------------------------------------------
-
-
-def _error_text(body: str) -> str:
-    """The message inside a service's JSON error (kubo, Pinata, PSA shapes), else the body."""
-    text = body.strip()
-    with contextlib.suppress(ValueError):
-        data = json.loads(text)
-        if isinstance(data, dict):
-            if isinstance(data.get("Message"), str):  # kubo
-                return str(data["Message"])
-            error = data.get("error")
-            if isinstance(error, dict):  # PSA Failure, Pinata
-                parts = [str(error.get(k)) for k in ("reason", "details") if error.get(k)]
-                if parts:
-                    return ": ".join(parts)
-            if isinstance(error, str):
-                return error
-            if isinstance(data.get("message"), str):
-                return str(data["message"])
-    return " ".join(text.split())[:300] or "(empty body)"
-
-
-async def _raise_for_status(resp: aiohttp.ClientResponse, what: str, auth: _Auth) -> None:
-    if 200 <= resp.status < 300:
-        return
-    try:
-        body = (await resp.content.read(64 * 1024)).decode("utf-8", "replace")
-    except (aiohttp.ClientError, TimeoutError):
-        body = ""
-    message = auth.redact(f"{what}: HTTP {resp.status}: {_error_text(body)}")
-    if resp.status in (401, 403):
-        used = f" (from {auth.source})" if auth.source != "none" else " (none were sent)"
-        raise ConfigError(f"{message}: the service rejected the credentials{used}")
-    retry_after = None
-    with contextlib.suppress(TypeError, ValueError):
-        retry_after = float(resp.headers.get("Retry-After", ""))
-    raise HTTPStatus(resp.status, message, retry_after=retry_after)
-
-
-@contextlib.asynccontextmanager
-async def _request(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    what: str,
-    auth: _Auth,
-    *,
-    timeout: float,
-    **kwargs: Any,
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """One request with timeouts, aiohttp errors translated into SourceError families."""
-    client_timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout
-    )
-    headers = {**kwargs.pop("headers", {}), **auth.headers}
-    try:
-        async with session.request(
-            method, url, headers=headers, timeout=client_timeout, **kwargs
-        ) as resp:
-            await _raise_for_status(resp, what, auth)
-            yield resp
-    except ModelfetchError:
-        raise
-    except TimeoutError:
-        raise Stalled(f"{what}: no answer for {timeout:g} s") from None
-    except aiohttp.ClientConnectorError as exc:
-        reason = exc.os_error.strerror if exc.os_error is not None else str(exc)
-        raise ConnectFailed(auth.redact(f"{what}: cannot connect: {reason}")) from None
-    except aiohttp.ClientError as exc:
-        raise SourceError(auth.redact(f"{what}: {type(exc).__name__}: {exc}")) from None
-
-
-def _open_files(stack: contextlib.ExitStack, local: LocalModel) -> list[tuple[str, IO[bytes]]]:
-    """The model's files opened for streaming, ordered so each directory's files are adjacent.
-
-    kubo's multipart reader walks parts as a stream and closes an implicit directory at the
-    first part outside it: grouping by path components keeps every directory in one piece.
-    """
-    ordered = sorted(local.spec.files, key=lambda rel: rel.split("/"))
-    try:
-        return [(rel, stack.enter_context(open(local.paths[rel], "rb"))) for rel in ordered]
-    except OSError as exc:
-        raise StorageError(f"cannot read {local.spec.name} for publishing: {exc}") from None
-
-
-# -- kubo -------------------------------------------------------------------------------
-
-
-async def _kubo_add(
-    session: aiohttp.ClientSession, api: str, auth: _Auth, local: LocalModel, io_timeout: float
-) -> str:
-    """`/api/v0/add` every file (one part each, filename = relative path), wrapped, pinned."""
-    prof = local.profile
-    params = {
-        "cid-version": str(prof.cid_version),
-        "raw-leaves": "true" if prof.raw_leaves else "false",
-        "chunker": f"size-{prof.chunk_size}",
-        "hash": "sha2-256",
-        "wrap-with-directory": "true",
-        "pin": "true",
-        "progress": "false",
-    }
-    what = f"kubo RPC {_display_url(api)}/add"
-    lines: list[dict[str, Any]] = []
-    with contextlib.ExitStack() as stack:
-        form = aiohttp.FormData()  # quotes file names (%2F for "/"), as kubo's own client does
-        for rel, f in _open_files(stack, local):
-            form.add_field("file", f, filename=rel, content_type="application/octet-stream")
-        async with _request(
-            session, "POST", f"{api}/add", what, auth, timeout=io_timeout, params=params, data=form
-        ) as resp:
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line:
-                    continue
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    raise SourceError(f"{what}: not an NDJSON answer: {line[:200]!r}") from None
-                if isinstance(item, dict) and item.get("Type") == "error":
-                    raise SourceError(auth.redact(f"{what}: {_error_text(line.decode())}"))
-                if isinstance(item, dict) and "Hash" in item:
-                    lines.append(item)
-    wrapper = [x for x in lines if x.get("Name", None) == ""]
-    if not wrapper:
-        raise SourceError(f'{what}: the answer has no wrapping directory line (Name "")')
-    root = str(wrapper[-1]["Hash"])
-    if not _same_cid(root, local.root.cid):
-        differing = [
-            f"  {x['Name']}: node {x['Hash']}, local {local.files[x['Name']].cid}"
-            for x in lines
-            if x.get("Name") in local.files
-            and not _same_cid(str(x["Hash"]), local.files[x["Name"]].cid)
-        ]
-        _require_same(
-            local,
-            root,
-            f"kubo at {_display_url(api)}",
-            ("\nfiles that differ:\n" + "\n".join(differing[:10])) if differing else "",
-        )
-    return root
-
-
-def _same_cid(text: str, cid: Cid) -> bool:
-    try:
-        return Cid.parse(text) == cid
-    except ValueError:
-        return False
-
-
-# -- Pinata -----------------------------------------------------------------------------
-
-
-async def _pinata_upload(
-    session: aiohttp.ClientSession, base: str, auth: _Auth, local: LocalModel, io_timeout: float
-) -> str:
-    """`pinFileToIPFS`: each file as `file` named `<model>/<relpath>`; returns `IpfsHash`."""
-    shown = _display_url(base)
-    async with _request(
-        session,
-        "GET",
-        f"{base}/data/testAuthentication",
-        f"Pinata {shown} authentication check",
-        auth,
-        timeout=min(io_timeout, 60.0),
-    ):
-        pass  # fail in a second on bad credentials, not after uploading the whole model
-    top = local.spec.name.replace("/", "-")
-    metadata = {
-        "name": local.spec.name,
-        "keyvalues": {
-            "model": local.spec.name,
-            "type": local.spec.type,
-            "files": str(len(local.files)),
-            "localCid": local.cid,
-        },
-    }
-    options = {"cidVersion": local.profile.cid_version, "wrapWithDirectory": False}
-    what = f"Pinata {shown}/pinning/pinFileToIPFS"
-    with contextlib.ExitStack() as stack:
-        # Raw file paths, as the form-data library of Pinata's own examples sends them.
-        form = aiohttp.FormData(quote_fields=False)
-        for rel, f in _open_files(stack, local):
-            form.add_field(
-                "file", f, filename=f"{top}/{rel}", content_type="application/octet-stream"
-            )
-        form.add_field("pinataMetadata", json.dumps(metadata), content_type="application/json")
-        form.add_field("pinataOptions", json.dumps(options), content_type="application/json")
-        async with _request(
-            session,
-            "POST",
-            f"{base}/pinning/pinFileToIPFS",
-            what,
-            auth,
-            timeout=io_timeout,
-            data=form,
-        ) as resp:
-            body = await resp.text()
-    try:
-        answer = json.loads(body)
-        cid = str(answer["IpfsHash"])
-    except (ValueError, KeyError, TypeError):
-        raise SourceError(f"{what}: unexpected answer: {_error_text(body)}") from None
-    return cid
-
-
-# -- Pinning Service API ------------------------------------------------------------------
-
-
-async def _psa_pin(
-    session: aiohttp.ClientSession,
-    base: str,
-    auth: _Auth,
-    local: LocalModel,
-    origins: Sequence[str],
-    *,
-    pin_timeout: float,
-    poll_interval: float,
-    io_timeout: float,
-) -> tuple[str, str, tuple[str, ...]]:
-    """Ask the service to pin the CID (reusing a request it already has), wait for `pinned`."""
-    shown = _display_url(base)
-    deadline = time.monotonic() + pin_timeout
-    request_timeout = min(io_timeout, 60.0)
-    status = await _psa_existing(session, base, auth, local, request_timeout)
-    if status is None:
-        body: dict[str, Any] = {
-            "cid": local.cid,
-            "name": local.spec.name,
-            "meta": {
-                "model": local.spec.name,
-                "type": local.spec.type,
-                "files": str(len(local.files)),
-            },
-        }
-        if origins:
-            body["origins"] = list(origins)
-        async with _request(
-            session,
-            "POST",
-            f"{base}/pins",
-            f"pinning service {shown} POST /pins",
-            auth,
-            timeout=request_timeout,
-            json=body,
-        ) as resp:
-            status = _pin_status(await resp.text(), f"pinning service {shown}")
-    request_id = str(status["requestid"])
-    delegates = tuple(str(d) for d in status.get("delegates") or ())
-    _require_same(local, str(status.get("pin", {}).get("cid", "")), f"pinning service {shown}")
-    interval = max(poll_interval, 0.01)
-    state = str(status.get("status"))
-    what = f"pinning service {shown} GET /pins/{request_id}"
-    while state != "pinned":
-        if state == "failed":
-            info = status.get("info") or {}
-            detail = f": {json.dumps(info)}" if info else ""
-            raise SourceError(
-                auth.redact(
-                    f"pinning service {shown}: pin request {request_id} for {local.cid} "
-                    f"failed{detail}; could it fetch the content? (--origin)"
-                )
-            )
-        if state not in ("queued", "pinning"):
-            raise SourceError(f"{what}: unknown pin status {state!r}")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Stalled(
-                f"pinning service {shown}: pin request {request_id} for {local.cid} is still "
-                f"{state} after {pin_timeout:g} s; the service keeps trying (check GET "
-                f"/pins/{request_id}). It must fetch the content from an IPFS node that has it: "
-                "pass that node's addresses with --origin and keep it online"
-            )
-        await asyncio.sleep(min(interval, left))
-        interval = min(interval * 1.5, MAX_POLL_INTERVAL)
-        try:
-            async with _request(
-                session,
-                "GET",
-                f"{base}/pins/{quote(request_id, safe='')}",
-                what,
-                auth,
-                timeout=request_timeout,
-            ) as resp:
-                status = _pin_status(await resp.text(), what)
-        except (ConnectFailed, Stalled) as exc:
-            log.debug("%s: %s (will ask again)", what, exc)
-            continue
-        except HTTPStatus as exc:
-            if not exc.retryable:
-                raise
-            log.debug("%s: %s (will ask again)", what, exc)
-            continue
-        state = str(status.get("status"))
-        log.debug("%s: %s", what, state)
-    return str(status.get("pin", {}).get("cid", local.cid)), request_id, delegates
-
-
-async def _psa_existing(
-    session: aiohttp.ClientSession, base: str, auth: _Auth, local: LocalModel, timeout: float
-) -> dict[str, Any] | None:
-    """A pin request the service already has for this CID (so a re-run adds no duplicate)."""
-    what = f"pinning service {_display_url(base)} GET /pins"
-    try:
-        async with _request(
-            session,
-            "GET",
-            f"{base}/pins",
-            what,
-            auth,
-            timeout=timeout,
-            params={"cid": local.cid, "status": "queued,pinning,pinned"},
-        ) as resp:
-            listing = json.loads(await resp.text())
-    except ConfigError:
-        raise  # rejected credentials: POST would fail the same way
-    except (ModelfetchError, ValueError) as exc:
-        log.debug("%s: %s (asking for a new pin)", what, exc)
-        return None
-    results = listing.get("results") if isinstance(listing, dict) else None
-    for item in results or ():
-        if (
-            isinstance(item, dict)
-            and "requestid" in item
-            and isinstance(item.get("pin"), dict)
-            and _same_cid(str(item["pin"].get("cid", "")), local.root.cid)
-        ):
-            return item
-    return None
-
-
-def _pin_status(body: str, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or "requestid" not in data or "status" not in data:
-        raise SourceError(f"{what}: not a PinStatus: {_error_text(body)}")
-    if not isinstance(data.get("pin"), dict):
-        data["pin"] = {}
-    return data
 
 
 __all__ = [
