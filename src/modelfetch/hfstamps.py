@@ -16,8 +16,7 @@ from pathlib import Path
 from .errors import VerificationError
 from .hashes import Identity, Verified, file_signature
 from .hfcache import HFCache
-from .manifest import write_json_atomic
-from .store import STATE_DIR, rehash, storage_error
+from .store import STATE_DIR, rehash, storage_error, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +70,7 @@ class Stamps:
         return None
 
     def write(self, key: str, file: Path, verified: Verified, etag: str | None) -> None:
-        path = self._path(key)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(
-                path,
-                {
-                    "signature": list(file_signature(file)),
-                    "size": verified.size,
-                    "sha256": verified.sha256,
-                    "etag": etag,
-                },
-            )
-        except OSError as exc:  # a stamp only saves time later
-            log.warning("could not write verified stamp %s: %s", path, exc.strerror)
+        write_stamp(self._path(key), file, verified, {"etag": etag})
 
 
 def check_file(

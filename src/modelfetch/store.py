@@ -158,19 +158,7 @@ class Store:
         return None
 
     def _write_stamp(self, model: ModelSpec, path: str, final: Path, verified: Verified) -> None:
-        stamp_path = self._stamp_path(model, path)
-        try:
-            stamp_path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(
-                stamp_path,
-                {
-                    "signature": list(file_signature(final)),
-                    "size": verified.size,
-                    "sha256": verified.sha256,
-                },
-            )
-        except OSError as exc:  # a stamp only saves time later: never fail for it
-            log.warning("could not write verified stamp %s: %s", stamp_path, exc.strerror)
+        write_stamp(self._stamp_path(model, path), final, verified)
 
     async def lookup(
         self,
@@ -286,6 +274,25 @@ def _stamp_matches(stamp: Verified, identity: Identity) -> bool:
     if identity.sha256:
         return stamp.sha256 == identity.sha256 and identity.size in (None, stamp.size)
     return False  # only a git SHA-1 or a CID is expected: rehash to check it
+
+
+def write_stamp(
+    stamp_path: Path, file: Path, verified: Verified, extra: dict[str, object] | None = None
+) -> None:
+    """Record that `file`, as it is now (its signature), was verified as `verified`."""
+    try:
+        stamp_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            stamp_path,
+            {
+                "signature": list(file_signature(file)),
+                "size": verified.size,
+                "sha256": verified.sha256,
+                **(extra or {}),
+            },
+        )
+    except OSError as exc:  # a stamp only saves time later: never fail for it
+        log.warning("could not write verified stamp %s: %s", stamp_path, exc.strerror)
 
 
 def rehash(final: Path, identity: Identity, path: str) -> Verified:
