@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, get_args
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -55,7 +53,7 @@ KUBO_LINKS: Final = 174  # the balanced-DAG width kubo and Pinata use (not setta
 
 
 @dataclass(frozen=True)
-class _Auth:
+class Auth:
     """Request headers carrying credentials; `secrets` are scrubbed from every message."""
 
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -63,7 +61,7 @@ class _Auth:
     source: str = "none"  # which variable or argument they came from (never their value)
 
     def __repr__(self) -> str:
-        return f"_Auth(source={self.source!r})"
+        return f"Auth(source={self.source!r})"
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:
@@ -90,7 +88,7 @@ def require_same(local: LocalModel, service_cid: str, where: str, files: str = "
 
 def endpoint_and_auth(
     to: Target, endpoint: str | None, token: str | None, env: Mapping[str, str]
-) -> tuple[str, _Auth]:
+) -> tuple[str, Auth]:
     token = token.strip() if token and token.strip() else None
     if to == "kubo":
         base = _base_url(endpoint or env.get(ENV_KUBO_API) or DEFAULT_KUBO_API, to)
@@ -98,13 +96,13 @@ def endpoint_and_auth(
             base += "/api/v0"
         secret = token or env.get(ENV_KUBO_TOKEN, "").strip() or None
         auth = (
-            _Auth(
+            Auth(
                 {"Authorization": f"Bearer {secret}"},
                 (secret,),
                 "token" if token else ENV_KUBO_TOKEN,
             )
             if secret
-            else _Auth()
+            else Auth()
         )
     elif to == "pinata":
         base = _base_url(endpoint or env.get(ENV_PINATA_API) or DEFAULT_PINATA_API, to)
@@ -121,7 +119,7 @@ def endpoint_and_auth(
                 f"the pinning service at {display_url(base)} needs an access token: set "
                 f"${ENV_PSA_TOKEN}{more}"
             )
-        auth = _Auth({"Authorization": f"Bearer {secret}"}, (secret,), source)
+        auth = Auth({"Authorization": f"Bearer {secret}"}, (secret,), source)
     if auth.secrets and not _safe_for_secrets(base):
         raise ConfigError(
             f"refusing to send {to} credentials over plain http to {display_url(base)}: "
@@ -130,16 +128,16 @@ def endpoint_and_auth(
     return base, auth
 
 
-def _pinata_auth(token: str | None, env: Mapping[str, str]) -> _Auth:
+def _pinata_auth(token: str | None, env: Mapping[str, str]) -> Auth:
     jwt = token or env.get(ENV_PINATA_JWT, "").strip() or None
     if jwt:
-        return _Auth(
+        return Auth(
             {"Authorization": f"Bearer {jwt}"}, (jwt,), "token" if token else ENV_PINATA_JWT
         )
     key = env.get(ENV_PINATA_KEY, "").strip()
     secret = env.get(ENV_PINATA_SECRET, "").strip()
     if key and secret:
-        return _Auth(
+        return Auth(
             {"pinata_api_key": key, "pinata_secret_api_key": secret},
             (key, secret),
             f"{ENV_PINATA_KEY}+{ENV_PINATA_SECRET}",
@@ -200,7 +198,7 @@ def check_origins(origins: Iterable[str]) -> tuple[str, ...]:
 # -- HTTP helpers -----------------------------------------------------------------------
 
 
-def _error_text(body: str) -> str:
+def error_text(body: str) -> str:
     """The message inside a service's JSON error (kubo, Pinata, PSA shapes), else the body."""
     text = body.strip()
     with contextlib.suppress(ValueError):
@@ -220,14 +218,14 @@ def _error_text(body: str) -> str:
     return " ".join(text.split())[:300] or "(empty body)"
 
 
-async def _raise_for_status(resp: aiohttp.ClientResponse, what: str, auth: _Auth) -> None:
+async def _raise_for_status(resp: aiohttp.ClientResponse, what: str, auth: Auth) -> None:
     if 200 <= resp.status < 300:
         return
     try:
         body = (await resp.content.read(64 * 1024)).decode("utf-8", "replace")
     except (aiohttp.ClientError, TimeoutError):
         body = ""
-    message = auth.redact(f"{what}: HTTP {resp.status}: {_error_text(body)}")
+    message = auth.redact(f"{what}: HTTP {resp.status}: {error_text(body)}")
     if resp.status in (401, 403):
         used = f" (from {auth.source})" if auth.source != "none" else " (none were sent)"
         raise ConfigError(f"{message}: the service rejected the credentials{used}")
@@ -238,12 +236,12 @@ async def _raise_for_status(resp: aiohttp.ClientResponse, what: str, auth: _Auth
 
 
 @contextlib.asynccontextmanager
-async def _request(
+async def request(
     session: aiohttp.ClientSession,
     method: str,
     url: str,
     what: str,
-    auth: _Auth,
+    auth: Auth,
     *,
     timeout: float,
     **kwargs: Any,
@@ -287,7 +285,7 @@ def _open_files(stack: contextlib.ExitStack, local: LocalModel) -> list[tuple[st
 
 
 async def kubo_add(
-    session: aiohttp.ClientSession, api: str, auth: _Auth, local: LocalModel, io_timeout: float
+    session: aiohttp.ClientSession, api: str, auth: Auth, local: LocalModel, io_timeout: float
 ) -> str:
     """`/api/v0/add` every file (one part each, filename = relative path), wrapped, pinned."""
     prof = local.profile
@@ -306,7 +304,7 @@ async def kubo_add(
         form = aiohttp.FormData()  # quotes file names (%2F for "/"), as kubo's own client does
         for rel, f in _open_files(stack, local):
             form.add_field("file", f, filename=rel, content_type="application/octet-stream")
-        async with _request(
+        async with request(
             session, "POST", f"{api}/add", what, auth, timeout=io_timeout, params=params, data=form
         ) as resp:
             async for raw in resp.content:
@@ -318,19 +316,19 @@ async def kubo_add(
                 except ValueError:
                     raise SourceError(f"{what}: not an NDJSON answer: {line[:200]!r}") from None
                 if isinstance(item, dict) and item.get("Type") == "error":
-                    raise SourceError(auth.redact(f"{what}: {_error_text(line.decode())}"))
+                    raise SourceError(auth.redact(f"{what}: {error_text(line.decode())}"))
                 if isinstance(item, dict) and "Hash" in item:
                     lines.append(item)
     wrapper = [x for x in lines if x.get("Name", None) == ""]
     if not wrapper:
         raise SourceError(f'{what}: the answer has no wrapping directory line (Name "")')
     root = str(wrapper[-1]["Hash"])
-    if not _same_cid(root, local.root.cid):
+    if not same_cid(root, local.root.cid):
         differing = [
             f"  {x['Name']}: node {x['Hash']}, local {local.files[x['Name']].cid}"
             for x in lines
             if x.get("Name") in local.files
-            and not _same_cid(str(x["Hash"]), local.files[x["Name"]].cid)
+            and not same_cid(str(x["Hash"]), local.files[x["Name"]].cid)
         ]
         require_same(
             local,
@@ -341,7 +339,7 @@ async def kubo_add(
     return root
 
 
-def _same_cid(text: str, cid: Cid) -> bool:
+def same_cid(text: str, cid: Cid) -> bool:
     try:
         return Cid.parse(text) == cid
     except ValueError:
@@ -352,11 +350,11 @@ def _same_cid(text: str, cid: Cid) -> bool:
 
 
 async def pinata_upload(
-    session: aiohttp.ClientSession, base: str, auth: _Auth, local: LocalModel, io_timeout: float
+    session: aiohttp.ClientSession, base: str, auth: Auth, local: LocalModel, io_timeout: float
 ) -> str:
     """`pinFileToIPFS`: each file as `file` named `<model>/<relpath>`; returns `IpfsHash`."""
     shown = display_url(base)
-    async with _request(
+    async with request(
         session,
         "GET",
         f"{base}/data/testAuthentication",
@@ -386,7 +384,7 @@ async def pinata_upload(
             )
         form.add_field("pinataMetadata", json.dumps(metadata), content_type="application/json")
         form.add_field("pinataOptions", json.dumps(options), content_type="application/json")
-        async with _request(
+        async with request(
             session,
             "POST",
             f"{base}/pinning/pinFileToIPFS",
@@ -400,142 +398,5 @@ async def pinata_upload(
         answer = json.loads(body)
         cid = str(answer["IpfsHash"])
     except (ValueError, KeyError, TypeError):
-        raise SourceError(f"{what}: unexpected answer: {_error_text(body)}") from None
+        raise SourceError(f"{what}: unexpected answer: {error_text(body)}") from None
     return cid
-
-
-# -- Pinning Service API ------------------------------------------------------------------
-
-
-async def psa_pin(
-    session: aiohttp.ClientSession,
-    base: str,
-    auth: _Auth,
-    local: LocalModel,
-    origins: Sequence[str],
-    *,
-    pin_timeout: float,
-    poll_interval: float,
-    io_timeout: float,
-) -> tuple[str, str, tuple[str, ...]]:
-    """Ask the service to pin the CID (reusing a request it already has), wait for `pinned`."""
-    shown = display_url(base)
-    deadline = time.monotonic() + pin_timeout
-    request_timeout = min(io_timeout, 60.0)
-    status = await _psa_existing(session, base, auth, local, request_timeout)
-    if status is None:
-        body: dict[str, Any] = {
-            "cid": local.cid,
-            "name": local.spec.name,
-            "meta": {
-                "model": local.spec.name,
-                "type": local.spec.type,
-                "files": str(len(local.files)),
-            },
-        }
-        if origins:
-            body["origins"] = list(origins)
-        async with _request(
-            session,
-            "POST",
-            f"{base}/pins",
-            f"pinning service {shown} POST /pins",
-            auth,
-            timeout=request_timeout,
-            json=body,
-        ) as resp:
-            status = _pin_status(await resp.text(), f"pinning service {shown}")
-    request_id = str(status["requestid"])
-    delegates = tuple(str(d) for d in status.get("delegates") or ())
-    require_same(local, str(status.get("pin", {}).get("cid", "")), f"pinning service {shown}")
-    interval = max(poll_interval, 0.01)
-    state = str(status.get("status"))
-    what = f"pinning service {shown} GET /pins/{request_id}"
-    while state != "pinned":
-        if state == "failed":
-            info = status.get("info") or {}
-            detail = f": {json.dumps(info)}" if info else ""
-            raise SourceError(
-                auth.redact(
-                    f"pinning service {shown}: pin request {request_id} for {local.cid} "
-                    f"failed{detail}; could it fetch the content? (--origin)"
-                )
-            )
-        if state not in ("queued", "pinning"):
-            raise SourceError(f"{what}: unknown pin status {state!r}")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Stalled(
-                f"pinning service {shown}: pin request {request_id} for {local.cid} is still "
-                f"{state} after {pin_timeout:g} s; the service keeps trying (check GET "
-                f"/pins/{request_id}). It must fetch the content from an IPFS node that has it: "
-                "pass that node's addresses with --origin and keep it online"
-            )
-        await asyncio.sleep(min(interval, left))
-        interval = min(interval * 1.5, MAX_POLL_INTERVAL)
-        try:
-            async with _request(
-                session,
-                "GET",
-                f"{base}/pins/{quote(request_id, safe='')}",
-                what,
-                auth,
-                timeout=request_timeout,
-            ) as resp:
-                status = _pin_status(await resp.text(), what)
-        except (ConnectFailed, Stalled) as exc:
-            log.debug("%s: %s (will ask again)", what, exc)
-            continue
-        except HTTPStatus as exc:
-            if not exc.retryable:
-                raise
-            log.debug("%s: %s (will ask again)", what, exc)
-            continue
-        state = str(status.get("status"))
-        log.debug("%s: %s", what, state)
-    return str(status.get("pin", {}).get("cid", local.cid)), request_id, delegates
-
-
-async def _psa_existing(
-    session: aiohttp.ClientSession, base: str, auth: _Auth, local: LocalModel, timeout: float
-) -> dict[str, Any] | None:
-    """A pin request the service already has for this CID (so a re-run adds no duplicate)."""
-    what = f"pinning service {display_url(base)} GET /pins"
-    try:
-        async with _request(
-            session,
-            "GET",
-            f"{base}/pins",
-            what,
-            auth,
-            timeout=timeout,
-            params={"cid": local.cid, "status": "queued,pinning,pinned"},
-        ) as resp:
-            listing = json.loads(await resp.text())
-    except ConfigError:
-        raise  # rejected credentials: POST would fail the same way
-    except (ModelfetchError, ValueError) as exc:
-        log.debug("%s: %s (asking for a new pin)", what, exc)
-        return None
-    results = listing.get("results") if isinstance(listing, dict) else None
-    for item in results or ():
-        if (
-            isinstance(item, dict)
-            and "requestid" in item
-            and isinstance(item.get("pin"), dict)
-            and _same_cid(str(item["pin"].get("cid", "")), local.root.cid)
-        ):
-            return item
-    return None
-
-
-def _pin_status(body: str, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or "requestid" not in data or "status" not in data:
-        raise SourceError(f"{what}: not a PinStatus: {_error_text(body)}")
-    if not isinstance(data.get("pin"), dict):
-        data["pin"] = {}
-    return data

@@ -49,9 +49,9 @@ from .pinning import (  # noqa: F401  (re-exported: the constants are part of pu
     is_pinata,
     kubo_add,
     pinata_upload,
-    psa_pin,
     require_same,
 )
+from .psa import psa_pin
 
 log = logging.getLogger(__name__)
 
