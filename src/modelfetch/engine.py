@@ -36,7 +36,7 @@ from .errors import (
 from .events import AttemptEvent, Event, Listener, ProgressEvent
 from .hashes import Digests, Identity
 from .httpclient import Client
-from .records import Records
+from .records import Records, open_records
 from .results import FileResult, ModelResult
 from .scores import Scores
 from .sources.base import FileRequest, Origin, Source
@@ -45,7 +45,7 @@ from .transfer import NoOrigin, PartialFile, RunState, WrongBytes, fetch, limit_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Fetcher", "FileResult", "ModelResult", "open_records"]
+__all__ = ["Fetcher", "FileResult", "ModelResult"]
 
 EVIDENCE_RANK = {"huggingface": 0, "ipfs": 1}
 
@@ -70,7 +70,12 @@ class Fetcher:
         self.store = Store(self.settings.models_dir)
         self._listeners: list[Listener] = list(listeners)
         self._own_records = records is True
-        self.records = open_records(self.settings) if records is True else records or None
+        retention = timedelta(hours=self.settings.retention_hours)
+        self.records = (
+            open_records(self.settings.records_path, retention=retention)
+            if records is True
+            else records or None
+        )
         if self.records is not None:
             self._listeners.append(self.records.listener)
         self.scores = Scores.load(self.records)  # what earlier runs learnt of each origin
@@ -475,15 +480,6 @@ class Fetcher:
                 self.records.record_cid_fetch(
                     request.model.name, request.ipfs_cid, ok, gateway_url=origin.base_url
                 )
-
-
-def open_records(settings: Settings) -> Records | None:
-    """The models dir's records, or None (with a warning) when they cannot be opened."""
-    try:
-        return Records(settings.records_path, retention=timedelta(hours=settings.retention_hours))
-    except StorageError as exc:
-        log.warning("download records are off: %s", exc)
-        return None
 
 
 def _is_fallback(origin: Origin) -> bool:

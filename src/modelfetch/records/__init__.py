@@ -62,6 +62,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import StorageError
 from ..events import Event
 from . import cids, health, queries, rows
 from .database import open_and_migrate, reader
@@ -73,6 +74,7 @@ __all__ = [
     "MIGRATIONS",
     "HealthRules",
     "Records",
+    "open_records",
 ]
 
 logger = logging.getLogger(__name__)
@@ -312,3 +314,13 @@ class Records:
     def _cutoff_ms(self) -> int:
         """The oldest time, in Unix ms, inside the retention window."""
         return now_ms() - self.retention // timedelta(milliseconds=1)
+
+
+def open_records(path: Path, *, retention: timedelta) -> Records | None:
+    """The records at `path`, or None (with a warning) when they cannot be opened: a pull
+    goes on without its records rather than fail for them."""
+    try:
+        return Records(path, retention=retention)
+    except StorageError as exc:
+        logger.warning("download records are off: %s", exc)
+        return None
