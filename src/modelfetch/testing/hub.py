@@ -25,28 +25,15 @@ from ._hubrepo import (
     hash_source,
     initial_commit,
 )
+from ._hubroutes import hub_error, parse_resolve, renamed_url
 from ._server import Blob, OriginServer, Target
 from .faults import Fault, On
 
 HubOn = Literal["any", "resolve", "cdn", "api"]
 """Which hub requests a fault targets: `/resolve/`, `/cdn/`, `/api/`, or all of them."""
 
-_PREFIX_TYPES: dict[str, RepoType] = {"datasets": "dataset", "spaces": "space"}
 _TYPE_PREFIX: dict[str, str] = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _HEX64_LEN = 64
-
-
-def _error(status: int, code: str | None, message: str, **headers: str) -> web.Response:
-    """A hub-style error: `X-Error-Code`, `X-Error-Message` and a JSON body `{"error": ...}`."""
-    hdrs = {"X-Error-Message": message, **headers}
-    if code is not None:
-        hdrs["X-Error-Code"] = code
-    return web.Response(
-        status=status,
-        text=json.dumps({"error": message}),
-        content_type="application/json",
-        headers=hdrs,
-    )
 
 
 class _CommitLookup:
@@ -348,7 +335,7 @@ class HubServer(OriginServer):
         api = parse_api(segs)
         if api is not None:
             return Target("api", (request.path, f"{api[1]}/{api[2]}"))
-        if _parse_resolve(segs) is not None:
+        if parse_resolve(segs) is not None:
             return Target("resolve", (request.path,))
         return Target("other", (request.path,))
 
@@ -362,7 +349,7 @@ class HubServer(OriginServer):
             api = parse_api(segs)
             assert api is not None
             return await self._serve_api(request, target, api)
-        resolved = _parse_resolve(segs)
+        resolved = parse_resolve(segs)
         if resolved is None:
             return web.Response(status=404, text="Not Found\n")
         return await self._serve_resolve(request, target, resolved)
@@ -374,27 +361,27 @@ class HubServer(OriginServer):
         auth = request.headers.get("Authorization", "")
         if self.require_token is not None and auth != f"Bearer {self.require_token}":
             if not auth:
-                return _error(401, "RepoNotFound", "Invalid username or password.")
-            return _error(401, None, "Invalid credentials in Authorization header")
+                return hub_error(401, "RepoNotFound", "Invalid username or password.")
+            return hub_error(401, None, "Invalid credentials in Authorization header")
         with self._data_lock:
             renamed = self._renamed.get((repo_type, repo_id))
             repo = self._repos.get((repo_type, repo_id))
         if renamed is not None and repo is None:
             return web.Response(
-                status=307, headers={"Location": _renamed(request, repo_id, renamed)}
+                status=307, headers={"Location": renamed_url(request, repo_id, renamed)}
             )
         if repo is None or (repo.private is not None and auth != f"Bearer {repo.private}"):
             message = "Repository not found"
             status: int = self.repo_not_found_status
             if repo is not None or status == 401:
                 status, message = 401, "Invalid username or password."
-            return _error(status, "RepoNotFound", message)
+            return hub_error(status, "RepoNotFound", message)
         if files and repo.gate is not None and auth != f"Bearer {repo.gate}":
             message = (
                 f"Access to {repo_type} {repo_id} is restricted. You must have access to it and "
                 "be authenticated to access it. Please log in."
             )
-            return _error(403 if auth else 401, "GatedRepo", message)
+            return hub_error(403 if auth else 401, "GatedRepo", message)
         return repo
 
     # -- /resolve/ and /cdn/ --------------------------------------------------------
@@ -422,9 +409,11 @@ class HubServer(OriginServer):
             commit = repo.find(revision)
             entry = None if commit is None else commit.files.get(path)
         if commit is None:
-            return _error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return hub_error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         if entry is None:
-            return _error(404, "EntryNotFound", "Entry not found", **{"X-Repo-Commit": commit.sha})
+            return hub_error(
+                404, "EntryNotFound", "Entry not found", **{"X-Repo-Commit": commit.sha}
+            )
         info = entry.info
         if info.lfs:
             query = urlencode(
@@ -489,7 +478,7 @@ class HubServer(OriginServer):
             commit = repo.find(revision)
             files = {} if commit is None else dict(commit.files)
         if commit is None:
-            return _error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return hub_error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         query = request.rel_url.query
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if kind == "tree":
@@ -497,7 +486,7 @@ class HubServer(OriginServer):
             entries = tree_entries(commit, files, path, truthy(query.get("recursive")))
             if entries is None:
                 message = f"{path} does not exist on {revision}"
-                return _error(404, "EntryNotFound", message, **{"X-Repo-Commit": commit.sha})
+                return hub_error(404, "EntryNotFound", message, **{"X-Repo-Commit": commit.sha})
             start = decode_cursor(query.get("cursor"))
             page = entries[start : start + max(1, self.tree_page_size)]
             if start + len(page) < len(entries):
@@ -510,32 +499,6 @@ class HubServer(OriginServer):
             body = revision_info(repo, commit, files, blobs=truthy(query.get("blobs")))
         data = json.dumps(body).encode()
         return await self.send_blob(request, target, Blob.of(data), headers, (request.path,))
-
-
-def _parse_resolve(segs: list[str]) -> tuple[RepoType, str, str, str] | None:
-    repo_type: RepoType = "model"
-    if segs and segs[0] in _PREFIX_TYPES:
-        repo_type = _PREFIX_TYPES[segs[0]]
-        segs = segs[1:]
-    if len(segs) >= 5 and segs[2] == "resolve":
-        repo, rest = f"{segs[0]}/{segs[1]}", segs[3:]
-    elif len(segs) >= 4 and segs[1] == "resolve":
-        repo, rest = segs[0], segs[2:]  # legacy names without a namespace, e.g. "gpt2"
-    else:
-        return None
-    if not rest[0] or not all(rest[1:]):
-        return None
-    return repo_type, repo, rest[0], "/".join(rest[1:])
-
-
-def _renamed(request: web.Request, old: str, new: str) -> str:
-    """The request's own path and query with repo `old` renamed `new` (a relative URL)."""
-    path, query = request.rel_url.raw_path, request.rel_url.raw_query_string
-    at = path.find(f"/{old}/")
-    if at < 0:
-        at = len(path) - len(old) - 1  # `/api/models/org/name` ends with the repo
-    location = path[:at] + f"/{new}" + path[at + len(old) + 1 :]
-    return f"{location}?{query}" if query else location
 
 
 def _count_keys(request: web.Request, entries: list[Entry]) -> tuple[str, ...]:
