@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -20,9 +20,9 @@ from ..errors import (
     ModelfetchError,
     SourceError,
     Stalled,
-    StorageError,
 )
 from .cid import Cid
+from .upload import MultipartUpload, Part
 
 if TYPE_CHECKING:
     from .publish import LocalModel
@@ -268,17 +268,35 @@ async def request(
         raise SourceError(auth.redact(f"{what}: {type(exc).__name__}: {exc}")) from None
 
 
-def _open_files(stack: contextlib.ExitStack, local: LocalModel) -> list[tuple[str, IO[bytes]]]:
-    """The model's files opened for streaming, ordered so each directory's files are adjacent.
+def _file_parts(local: LocalModel, name: str = "") -> list[Part]:
+    """The model's files as form parts, ordered so each directory's files are adjacent.
 
     kubo's multipart reader walks parts as a stream and closes an implicit directory at the
     first part outside it: grouping by path components keeps every directory in one piece.
+    `name` prefixes each file name (Pinata wants the top directory in every path).
     """
     ordered = sorted(local.spec.files, key=lambda rel: rel.split("/"))
+    return [
+        Part(
+            "file",
+            "application/octet-stream",
+            filename=f"{name}/{rel}" if name else rel,
+            path=local.paths[rel],
+            size=local.sizes[rel],
+        )
+        for rel in ordered
+    ]
+
+
+@contextlib.asynccontextmanager
+async def _uploading(upload: MultipartUpload) -> AsyncIterator[None]:
+    """Report why the body could not be sent, rather than the dropped connection it caused."""
     try:
-        return [(rel, stack.enter_context(open(local.paths[rel], "rb"))) for rel in ordered]
-    except OSError as exc:
-        raise StorageError(f"cannot read {local.spec.name} for publishing: {exc}") from None
+        yield
+    except SourceError:
+        if upload.error is not None:
+            raise upload.error from None
+        raise
 
 
 # -- kubo -------------------------------------------------------------------------------
@@ -300,25 +318,25 @@ async def kubo_add(
     }
     what = f"kubo RPC {display_url(api)}/add"
     lines: list[dict[str, Any]] = []
-    with contextlib.ExitStack() as stack:
-        form = aiohttp.FormData()  # quotes file names (%2F for "/"), as kubo's own client does
-        for rel, f in _open_files(stack, local):
-            form.add_field("file", f, filename=rel, content_type="application/octet-stream")
-        async with request(
+    form = MultipartUpload(_file_parts(local))  # names quoted (%2F), as kubo's client does
+    async with (
+        _uploading(form),
+        request(
             session, "POST", f"{api}/add", what, auth, timeout=io_timeout, params=params, data=form
-        ) as resp:
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line:
-                    continue
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    raise SourceError(f"{what}: not an NDJSON answer: {line[:200]!r}") from None
-                if isinstance(item, dict) and item.get("Type") == "error":
-                    raise SourceError(auth.redact(f"{what}: {error_text(line.decode())}"))
-                if isinstance(item, dict) and "Hash" in item:
-                    lines.append(item)
+        ) as resp,
+    ):
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                raise SourceError(f"{what}: not an NDJSON answer: {line[:200]!r}") from None
+            if isinstance(item, dict) and item.get("Type") == "error":
+                raise SourceError(auth.redact(f"{what}: {error_text(line.decode())}"))
+            if isinstance(item, dict) and "Hash" in item:
+                lines.append(item)
     wrapper = [x for x in lines if x.get("Name", None) == ""]
     if not wrapper:
         raise SourceError(f'{what}: the answer has no wrapping directory line (Name "")')
@@ -375,16 +393,16 @@ async def pinata_upload(
     }
     options = {"cidVersion": local.profile.cid_version, "wrapWithDirectory": False}
     what = f"Pinata {shown}/pinning/pinFileToIPFS"
-    with contextlib.ExitStack() as stack:
-        # Raw file paths, as the form-data library of Pinata's own examples sends them.
-        form = aiohttp.FormData(quote_fields=False)
-        for rel, f in _open_files(stack, local):
-            form.add_field(
-                "file", f, filename=f"{top}/{rel}", content_type="application/octet-stream"
-            )
-        form.add_field("pinataMetadata", json.dumps(metadata), content_type="application/json")
-        form.add_field("pinataOptions", json.dumps(options), content_type="application/json")
-        async with request(
+    parts = [
+        *_file_parts(local, top),
+        Part("pinataMetadata", "application/json", data=json.dumps(metadata).encode()),
+        Part("pinataOptions", "application/json", data=json.dumps(options).encode()),
+    ]
+    # Raw file paths, as the form-data library of Pinata's own examples sends them.
+    form = MultipartUpload(parts, quote_filenames=False)
+    async with (
+        _uploading(form),
+        request(
             session,
             "POST",
             f"{base}/pinning/pinFileToIPFS",
@@ -392,8 +410,9 @@ async def pinata_upload(
             auth,
             timeout=io_timeout,
             data=form,
-        ) as resp:
-            body = await resp.text()
+        ) as resp,
+    ):
+        body = await resp.text()
     try:
         answer = json.loads(body)
         cid = str(answer["IpfsHash"])
