@@ -126,7 +126,9 @@ async def test_a_file_that_shrank_fails_at_once_and_says_so(
     rel = "onnx/model.onnx"
     promised = len(files[rel])
     (tmp_path / rel).write_bytes(files[rel][: promised // 2])  # changed after it was checked
-    body = MultipartUpload([Part("file", "application/octet-stream", rel, tmp_path / rel, promised)])
+    body = MultipartUpload(
+        [Part("file", "application/octet-stream", rel, tmp_path / rel, promised)]
+    )
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(aiohttp.ClientError):
