@@ -86,9 +86,6 @@ class MultipartUpload(aiohttp.Payload):
     async def close(self) -> None:
         """Nothing to release: files are opened and closed inside `write()` (see module doc)."""
 
-    def _close(self) -> None:
-        pass
-
     async def write(self, writer: AbstractStreamWriter) -> None:
         try:
             for head, part in zip(self._heads, self._parts, strict=True):
